@@ -1,0 +1,43 @@
+"""Diff-AE (Preechakul et al., CVPR 2022): a semantic encoder and a z-conditioned DPM trained from scratch.
+
+Loss: the simple eps-MSE of the conditional DPM, the encoder trained through it (REFERENCE.md §2.3, §7.2 #66).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from pdae.diffusion.gaussian import q_sample
+from pdae.diffusion.schedule import Schedule
+from pdae.methods.base import Method, per_sample_mean, sample_noise, sample_timesteps
+
+
+class DiffAE(Method):
+    name = "diffae"
+
+    def __init__(self, model: nn.Module, schedule: Schedule) -> None:
+        super().__init__()
+        self.model = model
+        self.schedule = schedule
+
+    def loss(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
+        t = sample_timesteps(self.schedule, x.shape[0], generator, x.device)
+        noise = sample_noise(x, generator)
+        eps = self.model(q_sample(self.schedule, x, t, noise), t, self.model.encode(x))
+        return per_sample_mean((noise - eps).float() ** 2)
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.model.config["latent_dim"])
+
+    def components(self) -> dict[str, nn.Module]:
+        return {"model": self.model}
+
+    def encode(self, x0: Tensor) -> Tensor:
+        return self.model.encode(x0)
+
+    def denoiser(self, cond: Tensor | None = None):
+        if cond is None:
+            raise ValueError("Diff-AE decodes only with a semantic latent z")
+        return (lambda x_t, t: self.model(x_t, t, cond)), None

@@ -1,0 +1,34 @@
+"""The plain (unconditional) DPM: the "pre-trained" model of PDAE, trained with the simple eps loss.
+
+Ho et al. 2020, L_simple; REFERENCE.md §1.4 last line (unweighted eps-MSE for regular DDPM training).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from pdae.diffusion.gaussian import q_sample
+from pdae.diffusion.schedule import Schedule
+from pdae.methods.base import Method, per_sample_mean, sample_noise, sample_timesteps
+
+
+class DPM(Method):
+    name = "dpm"
+
+    def __init__(self, unet: nn.Module, schedule: Schedule) -> None:
+        super().__init__()
+        self.unet = unet
+        self.schedule = schedule
+
+    def loss(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
+        t = sample_timesteps(self.schedule, x.shape[0], generator, x.device)
+        noise = sample_noise(x, generator)
+        eps = self.unet.eps_from_output(self.unet(q_sample(self.schedule, x, t, noise), t))
+        return per_sample_mean((noise - eps).float() ** 2)
+
+    def components(self) -> dict[str, nn.Module]:
+        return {"unet": self.unet}
+
+    def denoiser(self, cond: Tensor | None = None):
+        return (lambda x_t, t: self.unet.eps_from_output(self.unet(x_t, t))), None
