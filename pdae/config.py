@@ -112,7 +112,6 @@ class TrainConfig:
     grad_clip: float | None = None            # max grad norm (Diff-AE: 1.0; PDAE: none)
     ema_decay: float = 0.9999                 # EMA of trainable parameters, every step
     warmup_images: int = 0                    # linear LR warm-up
-    hflip: bool = False                       # random horizontal flip of training images
     log_every_images: int = 6_400             # JSONL log cadence
     resume_every_images: int = 12_800         # atomic resume-state cadence
     snapshot_images: list[int] = dataclasses.field(default_factory=list)  # EMA model snapshots (efficiency curves)

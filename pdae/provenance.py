@@ -14,7 +14,7 @@ import pdae
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """`git describe --always --dirty` of the source tree when it is a git checkout, else the package version."""
-    root = Path(pdae.__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parent.parent
     try:
         out = subprocess.run(
             ["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=10"],

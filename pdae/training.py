@@ -137,7 +137,7 @@ def dataset_targets(dataset: Any, targets: str) -> Tensor:
         if attrs is None:
             raise ValueError("method.targets: attributes requested but the dataset has none")
         return torch.as_tensor(attrs).float()
-    return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])
+    return torch.as_tensor(dataset.labels).long()
 
 
 def data_info(dataset: Any) -> dict[str, Any]:
@@ -230,7 +230,7 @@ def train(
     :param stop_after_images: for tests: return (without final artifacts) once this many images were seen.
     """
     from pdae.checkpoint import save_model_folder
-    from pdae.data import build_dataset
+    from pdae.data import build_dataset, random_hflip
 
     out_dir = Path(out_dir)
     resume_dir = Path(resume_dir) if resume_dir else out_dir.with_name(out_dir.name + ".resume")
@@ -252,6 +252,7 @@ def train(
     encoder = load_method(encoder_dir, dev) if encoder_dir else None
     torch.manual_seed(seed)  # identical initial weights on every rank
     method = build_method(method_name, cfg.nets, cfg.method, cfg.diffusion, info, prior=prior, encoder=encoder)
+    hflip = bool(getattr(dataset, "hflip", False)) and method.input_kind == "images"
     if method.input_kind == "latents":
         z = encode_dataset(encoder, dataset, dev)
         method.stats.set(z)
@@ -284,6 +285,7 @@ def train(
 
     # Resume.
     images_seen, wall_before, resumed_from = 0, 0.0, 0
+    log_acc = (0.0, 0)  # loss sum and count since the last log line
     state_path = resume_dir / STATE_FILE
     if state_path.exists():
         try:
@@ -300,6 +302,7 @@ def train(
         if on_cuda and "cuda" in state["rng"][dist_info.rank]:
             torch.cuda.set_rng_state(state["rng"][dist_info.rank]["cuda"], dev)
         images_seen, wall_before = int(state["images_seen"]), float(state["wall_time_s"])
+        log_acc = (float(state["log_acc"][0]), int(state["log_acc"][1]))
         resumed_from = images_seen
     if dist_info.main:
         resume_dir.mkdir(parents=True, exist_ok=True)
@@ -311,7 +314,7 @@ def train(
     source = BatchSource(dataset, tc.num_workers)
     snapshots = sorted(set(tc.snapshot_images))
     t_start = time.perf_counter()
-    log_loss, log_n, log_t, log_img = 0.0, 0, time.perf_counter(), images_seen
+    (log_loss, log_n), log_t, log_img = log_acc, time.perf_counter(), images_seen
     bar = _progress_bar(total_steps, step, method_name, enabled=progress and dist_info.main)
 
     def wall() -> float:
@@ -327,6 +330,7 @@ def train(
                 "fingerprint": fingerprint, "images_seen": images_seen, "wall_time_s": wall(),
                 "model": {k: v for k, v in method.state_dict().items() if k in _trainable_state_keys(method)},
                 "optimizer": optimizer.state_dict(), "ema": ema.state_dict(), "rng": all_rng,
+                "log_acc": [log_loss, log_n],
             }
             _atomic_torch_save(state, state_path)
 
@@ -348,9 +352,8 @@ def train(
         idx = idx[dist_info.rank * local_batch : (dist_info.rank + 1) * local_batch]
         x, y = source.get(idx)
         x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-        if tc.hflip and method.input_kind == "images":
-            flip = torch.rand(x.shape[0], generator=generator, device=dev) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        if hflip:
+            x = random_hflip(x, generator)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         lr = tc.lr * min(1.0, (images_seen + tc.batch_size) / tc.warmup_images) if tc.warmup_images else tc.lr

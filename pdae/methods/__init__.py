@@ -165,56 +165,39 @@ def export_method(method: Method, state_override: dict[str, torch.Tensor] | None
 
 def load_method(folder: str | Path, device: str | torch.device = "cpu") -> Method:
     """Rebuild a method (eval mode, no grads) from a model folder."""
-    from pdae.checkpoint import load_model_folder, load_state_dict_strict, split_components
-    from pdae.nets.classifier import FeatureNet, LinearHead
-    from pdae.nets.cond_unet import DiffAEUNet
-    from pdae.nets.encoder import SemanticEncoder
-    from pdae.nets.gradient_estimator import GradientEstimator
-    from pdae.nets.latent_mlp import LatentMLP
-    from pdae.nets.unet import UNet
+    from pdae.checkpoint import build_components, load_model_folder
 
     folder = Path(folder)
     mf = load_model_folder(folder)
     cfg = mf.config
     name = cfg.get("method")
-    comps = cfg.get("components", {})
-    parts = split_components(mf.tensors)
+    parts = build_components(mf)
     mkw = dict(cfg.get("method_kwargs") or {})
-
-    def need(cname: str) -> dict[str, Any]:
-        if cname not in comps or cname not in parts:
-            raise ValueError(f"{folder}: component {cname!r} missing for method {name!r}")
-        return dict(comps[cname].get("kwargs", {}))
-
-    def load(module: nn.Module, cname: str) -> nn.Module:
-        load_state_dict_strict(module, parts[cname], f"{folder}/model.safetensors [{cname}]")
-        return module
-
     sched = Schedule.from_dict(cfg["diffusion"]) if cfg.get("diffusion") else None
+
+    def need(cname: str) -> nn.Module:
+        if cname not in parts:
+            raise ValueError(f"{folder}/config.json: component {cname!r} missing for method {name!r}")
+        return parts[cname]
+
     if name == "dpm":
-        method: Method = DPM(load(UNet(**need("unet")), "unet"), sched)
-    elif name in ("pdae", "pdae_class"):
-        prior = load(UNet(**need("prior")), "prior")
-        prior.requires_grad_(False)
-        est = GradientEstimator(prior, **need("estimator"))
-        est.load_new_state_dict(parts["estimator"])
-        if name == "pdae":
-            enc = load(SemanticEncoder(**need("encoder")), "encoder")
-            method = PDAE(enc, est, sched, **mkw)
-        else:
-            method = ClassConditionalPDAE(est, sched, **mkw)
+        method: Method = DPM(need("unet"), sched)
+    elif name == "pdae":
+        method = PDAE(need("encoder"), need("estimator"), sched, **mkw)
+    elif name == "pdae_class":
+        method = ClassConditionalPDAE(need("estimator"), sched, **mkw)
     elif name == "diffae":
-        method = DiffAE(load(DiffAEUNet(**need("model")), "model"), sched)
+        method = DiffAE(need("model"), sched)
     elif name == "latent":
-        net_kwargs = need("net")
-        method = LatentDPM(load(LatentMLP(**net_kwargs), "net"), sched, net_kwargs["latent_dim"], **mkw)
-        load(method.stats, "stats")
+        net = need("net")
+        method = LatentDPM(net, sched, net.config["latent_dim"], **mkw)
+        method.stats.load_state_dict(need("stats").state_dict())
     elif name == "classifier":
-        head_kwargs = need("head")
-        method = LatentClassifier(load(LinearHead(**head_kwargs), "head"), head_kwargs["latent_dim"], **mkw)
-        load(method.stats, "stats")
+        head = need("head")
+        method = LatentClassifier(head, head.config["latent_dim"], **mkw)
+        method.stats.load_state_dict(need("stats").state_dict())
     elif name == "feature_net":
-        method = FeatureNetMethod(load(FeatureNet(**need("net")), "net"))
+        method = FeatureNetMethod(need("net"))
     else:
         raise ValueError(f"{folder}/config.json: unknown method {name!r}")
     method.metadata = mf.metadata  # type: ignore[attr-defined]

@@ -19,6 +19,7 @@ class LatentStats(nn.Module):
 
     def __init__(self, dim: int) -> None:
         super().__init__()
+        self.config = {"dim": dim}
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("std", torch.ones(dim))
 

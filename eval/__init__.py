@@ -1,0 +1,5 @@
+"""Evaluation of pdae-bench: metrics, FID statistics, metric backends (DESIGN.md §6).
+
+Import submodules explicitly (``from eval import metrics``); the package name shadows the builtin
+``eval``, so never write ``import eval``.
+"""

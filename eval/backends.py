@@ -1,0 +1,379 @@
+"""Metric backends: which networks give LPIPS and the FID / KID features (DESIGN.md §6, REFERENCE.md §5.1, §5.7).
+
+A ``MetricBackend`` bundles an LPIPS-like distance on [-1, 1] images and the name of a feature
+extractor registered with torch-fidelity, so FID and KID are always torch-fidelity's.
+
+- ``standard``: LPIPS-AlexNet (``lpips`` package, as PDAE / Diff-AE) and torch-fidelity's
+  ``inception-v3-compat`` (the TF-Inception port behind published FIDs). Both weight files must be
+  present locally; nothing is ever downloaded. A missing file raises ``MissingWeightsError``.
+- ``domain``: a feature network trained inside the workflow (``pdae.nets.classifier.FeatureNet``)
+  gives both the FID features and an LPIPS-style distance; works offline. Its numbers are not
+  comparable with published ones, which is why every table names the backend.
+
+Weight files are loaded with ``torch.load(..., weights_only=True)``: loading never executes code.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from eval import metrics
+
+# File names of the standard weights in $TORCH_HOME/hub/checkpoints (as torchvision / torch-fidelity name them).
+ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
+ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_URL = (
+    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
+)
+# torch-fidelity's name of the TF-compatible Inception-v3 (FID: pool3, 2048-d).
+STANDARD_FEATURE_EXTRACTOR = "inception-v3-compat"
+# Prefix of the torch-fidelity names under which domain feature networks are registered.
+DOMAIN_EXTRACTOR_PREFIX = "pdae-domain-"
+# Name of the single feature a domain extractor provides.
+DOMAIN_FEATURE = "features"
+# Epsilon of the channel-wise unit normalisation, as in lpips.normalize_tensor.
+UNIT_NORM_EPS = 1e-10
+
+
+class MissingWeightsError(FileNotFoundError):
+    """A weight file of the standard backend is absent; the message is one line saying how to provide it."""
+
+
+class WeightsFileError(ValueError):
+    """A weight file exists but cannot be loaded safely or does not fit the architecture."""
+
+
+@dataclass
+class MetricBackend:
+    """LPIPS-like distance plus a torch-fidelity feature extractor for FID / KID.
+
+    Attributes:
+        name: "standard" or "domain"; written next to every number.
+        lpips_net: callable (a, b) -> [N] (or [N, 1, 1, 1]) on [-1, 1] images.
+        feature_extractor: name registered with torch-fidelity's ``register_feature_extractor``.
+        fidelity_kwargs: extra ``torch_fidelity.calculate_metrics`` keyword arguments (weights path).
+        fid_layer: feature name for FID and KID; None takes the extractor's default (Inception:
+            "2048", pool3, as published FIDs). Lower Inception layers ("64", "192", "768", as
+            pytorch-fid's --dims) suit sets far smaller than the feature dimension.
+    """
+
+    name: str
+    lpips_net: nn.Module
+    feature_extractor: str
+    fidelity_kwargs: dict[str, Any] = field(default_factory=dict)
+    fid_layer: str | None = None
+
+    def lpips(self, a: Tensor, b: Tensor) -> Tensor:
+        """Per-image LPIPS(-like) distance, float64 [N], of images a, b in [-1, 1]  # [N, C, H, W]."""
+        return metrics.lpips_distance(a, b, self.lpips_net)
+
+    def feature_layer(self, metric: str = "fid") -> str:
+        """torch-fidelity feature name used for ``metric`` ("fid" or "kid")."""
+        from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+        if self.fid_layer is not None:
+            return self.fid_layer
+        return FEATURE_EXTRACTORS_REGISTRY[self.feature_extractor].get_default_feature_layer_for_metric(metric)
+
+    def to(self, device: torch.device | str) -> MetricBackend:
+        """Move the LPIPS network to ``device`` (FID extractors are placed by torch-fidelity)."""
+        self.lpips_net.to(device)
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Standard backend: LPIPS-AlexNet (Zhang et al. 2018) and Inception-v3 FID (Heusel et al. 2017).
+
+
+def torch_checkpoint_dir() -> Path:
+    """$TORCH_HOME/hub/checkpoints, where torchvision and torch-fidelity cache downloaded weights."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def find_weights(file_name: str, configured: str | os.PathLike | None, config_key: str, url: str) -> Path:
+    """Locate a standard weight file without touching the network.
+
+    Args:
+        file_name: cache file name, e.g. ALEXNET_FILE.
+        configured: explicit path (config key ``config_key``), or None to use the torch cache.
+    Raises:
+        MissingWeightsError: one line naming the file, where it was looked for and how to provide it.
+    """
+    if configured is not None:
+        path = Path(configured)
+        where = f"at {path} (set by {config_key})"
+    else:
+        path = torch_checkpoint_dir() / file_name
+        where = f"in {path.parent} ($TORCH_HOME/hub/checkpoints)"
+    if not path.is_file():
+        raise MissingWeightsError(
+            f"{file_name} not found {where}; download {url} on a machine with internet and copy it to "
+            f"$TORCH_HOME/hub/checkpoints/{file_name}, or pass its path as {config_key}, "
+            f"or use the 'domain' metric backend"
+        )
+    return path
+
+
+def load_state_dict_safely(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Load a state dict with ``torch.load(weights_only=True)`` (no code execution); one-line errors."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unpickling failure becomes one line naming the file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise WeightsFileError(
+            f"cannot load {path} as a plain state dict with weights_only=True ({type(exc).__name__}: {reason})"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise WeightsFileError(f"{path} does not hold a state dict of tensors")
+    return state
+
+
+class RGBLPIPS(nn.Module):
+    """An RGB LPIPS module applied to 1- or 3-channel images (greyscale repeated to RGB); returns [N]."""
+
+    def __init__(self, lpips_module: nn.Module):
+        super().__init__()
+        self.lpips = lpips_module
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        """a, b in [-1, 1]  # [N, C, H, W] -> distance  # [N]"""
+        return self.lpips(match_channels(a, 3), match_channels(b, 3)).reshape(a.shape[0])
+
+
+def alexnet_lpips(alexnet_weights: str | os.PathLike | None = None) -> RGBLPIPS:
+    """``lpips.LPIPS(net='alex')`` (v0.1, shipped linear heads) with the AlexNet trunk loaded from a local file.
+
+    The trunk is built randomly (``pnet_rand=True``, so torchvision downloads nothing, under a forked
+    RNG so the global seed is untouched) and then overwritten by the torchvision AlexNet state dict
+    ``features.*`` found by ``find_weights``; ``classifier.*`` entries are ignored.
+    """
+    import lpips
+
+    path = find_weights(ALEXNET_FILE, alexnet_weights, "alexnet_weights", ALEXNET_URL)
+    state = load_state_dict_safely(path)
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = lpips.LPIPS(net="alex", version="0.1", pnet_rand=True, verbose=False)
+    # lpips splits torchvision's alexnet.features[i] into slices named slice{k}.{i}.
+    trunk_keys = {}
+    for key in net.net.state_dict():
+        _, index, param = key.split(".")
+        trunk_keys[f"features.{index}.{param}"] = key
+    missing = sorted(k for k in trunk_keys if k not in state)
+    if missing:
+        raise WeightsFileError(f"{path} is not an AlexNet state dict (missing {', '.join(missing[:3])})")
+    try:
+        net.net.load_state_dict({trunk_keys[k]: state[k] for k in trunk_keys}, strict=True)
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1].strip()
+        raise WeightsFileError(f"{path} does not fit torchvision's AlexNet: {reason}") from None
+    return RGBLPIPS(net.eval().requires_grad_(False))
+
+
+def inception_weights_path(inception_weights: str | os.PathLike | None = None) -> Path:
+    """Locate and vet torch-fidelity's Inception-v3 weights before torch-fidelity loads them.
+
+    torch-fidelity loads ``feature_extractor_weights_path`` with ``weights_only=False``. A file that
+    loads under ``weights_only=True`` contains only tensors and containers, so unpickling it either
+    way executes nothing else; we check that here, plus the classifier shape (1008 x 2048).
+    """
+    path = find_weights(INCEPTION_FILE, inception_weights, "inception_weights", INCEPTION_URL)
+    state = load_state_dict_safely(path)
+    fc = state.get("fc.weight")
+    if fc is None or tuple(fc.shape) != (1008, 2048) or "Conv2d_1a_3x3.conv.weight" not in state:
+        raise WeightsFileError(f"{path} is not torch-fidelity's FeatureExtractorInceptionV3 state dict")
+    return path
+
+
+def standard_backend(
+    alexnet_weights: str | os.PathLike | None = None,
+    inception_weights: str | os.PathLike | None = None,
+) -> MetricBackend:
+    """LPIPS-AlexNet + torch-fidelity ``inception-v3-compat`` FID, from local weight files only.
+
+    Args:
+        alexnet_weights: path of ``alexnet-owt-7be5be79.pth``; None looks in $TORCH_HOME/hub/checkpoints.
+        inception_weights: path of ``weights-inception-2015-12-05-6726825d.pth``; None likewise.
+    Raises:
+        MissingWeightsError: before anything is loaded, if either file is absent.
+    """
+    find_weights(ALEXNET_FILE, alexnet_weights, "alexnet_weights", ALEXNET_URL)
+    find_weights(INCEPTION_FILE, inception_weights, "inception_weights", INCEPTION_URL)
+    lpips_net = alexnet_lpips(alexnet_weights)
+    # Always pass the path explicitly: torch-fidelity then never calls load_state_dict_from_url.
+    weights = inception_weights_path(inception_weights)
+    return MetricBackend(
+        name="standard",
+        lpips_net=lpips_net,
+        feature_extractor=STANDARD_FEATURE_EXTRACTOR,
+        fidelity_kwargs={"feature_extractor_weights_path": str(weights)},
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Domain backend: a feature network trained on the dataset's labels.
+
+
+def match_channels(x: Tensor, channels: int) -> Tensor:
+    """Convert images [N, C, H, W] between 1 and 3 channels: RGB -> grey by channel mean, grey -> RGB by repeat."""
+    c = x.shape[1]
+    if c == channels:
+        return x
+    if c == 3 and channels == 1:
+        return x.mean(dim=1, keepdim=True)
+    if c == 1 and channels == 3:
+        return x.expand(-1, 3, -1, -1)
+    raise ValueError(f"cannot convert {c}-channel images to the {channels} channels the feature network expects")
+
+
+def unit_normalize(f: Tensor) -> Tensor:
+    """Channel-wise L2 normalisation of a feature map [N, C, H, W] (as lpips.normalize_tensor)."""
+    return f / (f.pow(2).sum(dim=1, keepdim=True).sqrt() + UNIT_NORM_EPS)
+
+
+def feature_map_distance(maps_a: list[Tensor], maps_b: list[Tensor]) -> Tensor:
+    """LPIPS with uniform weights: mean over stages of the spatially averaged squared distance.
+
+    For each stage s: d_s = mean_{h,w} || u_a[:, :, h, w] - u_b[:, :, h, w] ||^2 with u = unit_normalize(f),
+    so each d_s lies in [0, 4]; the result is mean_s d_s (LPIPS sums learnt channel weightings
+    instead, Zhang et al. 2018, eq. 1).
+
+    Args:
+        maps_a, maps_b: per-stage feature maps  # list of [N, C_s, H_s, W_s]
+    Returns:
+        float64  # [N]
+    """
+    if len(maps_a) == 0 or len(maps_a) != len(maps_b):
+        raise ValueError(f"need the same non-zero number of feature stages, got {len(maps_a)} and {len(maps_b)}")
+    per_stage = [
+        (unit_normalize(fa.double()) - unit_normalize(fb.double())).pow(2).sum(dim=1).mean(dim=(1, 2))
+        for fa, fb in zip(maps_a, maps_b)
+    ]
+    return torch.stack(per_stage).mean(dim=0)
+
+
+class FeatureMapLPIPS(nn.Module):
+    """LPIPS-style distance on the stage feature maps of a domain feature network (``feature_map_distance``)."""
+
+    def __init__(self, feature_net: nn.Module, in_channels: int):
+        super().__init__()
+        self.feature_net = feature_net
+        self.in_channels = in_channels
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        """a, b in [-1, 1]  # [N, C, H, W] -> distance float64  # [N]"""
+        a, b = match_channels(a, self.in_channels), match_channels(b, self.in_channels)
+        return feature_map_distance(self.feature_net.feature_maps(a), self.feature_net.feature_maps(b))
+
+
+def module_fingerprint(module: nn.Module) -> str:
+    """First 16 hex digits of a SHA-256 over the class name and every state-dict entry (name, dtype, shape, bytes)."""
+    h = hashlib.sha256(type(module).__qualname__.encode())
+    for key, value in module.state_dict().items():
+        t = value.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{key}|{t.dtype}|{tuple(value.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def register_domain_extractor(feature_net: nn.Module, in_channels: int, image_size: int) -> str:
+    """Register ``feature_net.features`` with torch-fidelity and return the extractor name.
+
+    The name is ``pdae-domain-<fingerprint>``, so one set of weights maps to one name and reference
+    statistics record which network made them. Registering the same weights again reuses the
+    name. The registry keeps the network alive for the rest of the process.
+    """
+    import torch_fidelity
+    from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    name = DOMAIN_EXTRACTOR_PREFIX + module_fingerprint(feature_net)
+    if name in FEATURE_EXTRACTORS_REGISTRY:
+        return name
+    source = copy.deepcopy(feature_net).cpu().eval().requires_grad_(False)
+
+    class DomainFeatureExtractor(FeatureExtractorBase):
+        """torch-fidelity extractor: uint8 [B, 3, H, W] -> FeatureNet.features on [-1, 1], float64 [B, D]."""
+
+        def __init__(self, name: str, features_list: list[str], **kwargs: Any):
+            super().__init__(name, features_list)
+            # A private copy: torch-fidelity moves the extractor to the GPU in place.
+            self.net = copy.deepcopy(source)
+
+        @staticmethod
+        def get_provided_features_list() -> tuple[str, ...]:
+            return (DOMAIN_FEATURE,)
+
+        @staticmethod
+        def get_default_feature_layer_for_metric(metric: str) -> str:
+            if metric not in ("fid", "kid", "prc"):
+                raise ValueError(f"the domain feature extractor supports fid, kid and prc, not {metric}")
+            return DOMAIN_FEATURE
+
+        @staticmethod
+        def can_be_compiled() -> bool:
+            return False
+
+        @staticmethod
+        def get_dummy_input_for_compile() -> Tensor:
+            return torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8)
+
+        def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+            if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != 3:
+                raise ValueError(f"expected uint8 images [B, 3, H, W], got {x.dtype} {tuple(x.shape)}")
+            if tuple(x.shape[2:]) != (image_size, image_size):
+                raise ValueError(
+                    f"the domain feature network takes {image_size}x{image_size} images, got "
+                    f"{x.shape[2]}x{x.shape[3]}"
+                )
+            images = match_channels(x.float() / 127.5 - 1.0, in_channels)
+            features = self.net.features(images).double()
+            return tuple(features for _ in self.features_list)
+
+    DomainFeatureExtractor.__name__ = DomainFeatureExtractor.__qualname__ = f"DomainFeatureExtractor_{name[-16:]}"
+    torch_fidelity.register_feature_extractor(name, DomainFeatureExtractor)
+    return name
+
+
+def _required_int(feature_net: nn.Module, attribute: str, given: int | None) -> int:
+    """An explicit value, else the network's attribute; a one-line error if neither exists."""
+    if given is not None:
+        return int(given)
+    if not hasattr(feature_net, attribute):
+        raise ValueError(f"{type(feature_net).__name__} has no attribute '{attribute}'; pass {attribute}=...")
+    return int(getattr(feature_net, attribute))
+
+
+def domain_backend(
+    feature_net: nn.Module, *, in_channels: int | None = None, image_size: int | None = None
+) -> MetricBackend:
+    """Backend built on a trained domain feature network (``pdae.nets.classifier.FeatureNet`` interface).
+
+    Args:
+        feature_net: module with ``features(x) -> [N, D]`` and ``feature_maps(x) -> list[[N, C_s, H_s, W_s]]``
+            for x in [-1, 1]  # [N, in_channels, image_size, image_size]. Loading it from a model
+            folder is the caller's job (pdae.checkpoint). It is copied and put in eval mode.
+        in_channels, image_size: default to the network's attributes of the same names.
+    """
+    in_channels = _required_int(feature_net, "in_channels", in_channels)
+    image_size = _required_int(feature_net, "image_size", image_size)
+    for method in ("features", "feature_maps"):
+        if not hasattr(feature_net, method):
+            raise ValueError(f"{type(feature_net).__name__} lacks the method {method}(x) a domain backend needs")
+    net = copy.deepcopy(feature_net).eval().requires_grad_(False)
+    return MetricBackend(
+        name="domain",
+        lpips_net=FeatureMapLPIPS(net, in_channels),
+        feature_extractor=register_domain_extractor(net, in_channels, image_size),
+    )

@@ -1,0 +1,401 @@
+"""FID (Heusel et al. 2017) and KID (Binkowski et al. 2018) through torch-fidelity, with reference statistics as files.
+
+REFERENCE.md §5.7, DESIGN.md §6. The distances are torch-fidelity's; features come from the
+extractor a ``MetricBackend`` names (eval.backends). Reference statistics (mu, sigma and, for KID,
+the features) are ``.npz`` files produced once by ``compute_reference_stats`` and reused; there is
+no implicit name-keyed cache. ``fid_from_stats`` is an independent Fréchet distance (scipy sqrtm)
+used to cross-check torch-fidelity's eigenvalue formula.
+
+Notation: mu = feature mean [D]; sigma = unbiased feature covariance [D, D];
+FID = ||mu_1 - mu_2||^2 + tr(sigma_1 + sigma_2 - 2 (sigma_1 sigma_2)^(1/2)).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import numpy as np
+import scipy.linalg
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from eval import metrics
+from eval.backends import MetricBackend
+
+# Default number of KID subsets (torch-fidelity's default) and the largest subset size used.
+KID_SUBSETS = 100
+KID_MAX_SUBSET_SIZE = 1000
+# Seed of torch-fidelity's KID subset sampling (its default).
+KID_SEED = 2020
+# Version of the statistics file layout, stored in its meta.
+STATS_FORMAT = 1
+
+ImagesLike = Union[Tensor, np.ndarray, Dataset]
+StatsLike = Union["FeatureStats", Sequence[np.ndarray]]
+
+
+class StatsFileError(ValueError):
+    """A statistics file is missing, corrupt or made by another feature extractor (one-line message)."""
+
+
+@dataclass(frozen=True)
+class FeatureStats:
+    """Feature statistics of an image set, as stored in a ``.npz`` file.
+
+    Attributes:
+        mu: feature mean, float64  # [D]
+        sigma: unbiased feature covariance, float64  # [D, D]
+        meta: provenance (backend, feature_extractor, feature_layer, num_images, ...)
+        features: the features themselves, float32, kept for KID  # [N, D] or None
+    """
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+    features: np.ndarray | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs: torch-fidelity wants datasets of uint8 [3, H, W] tensors.
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """Quantise images in [-1, 1] to uint8 exactly as PDAE saves them: floor((x + 1) / 2 * 255 + 0.5), clamped."""
+    return ((x + 1) / 2 * 255 + 0.5).clamp(0, 255).to(torch.uint8)
+
+
+def _as_uint8_rgb(x: Any, what: str) -> Tensor:
+    """One image (uint8 [C, H, W], or float in [-1, 1]) with C in {1, 3} -> uint8 [3, H, W]."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[0] not in (1, 3):
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{what} must be an image tensor [C, H, W] with C = 1 or 3, got {shape}")
+    if x.dtype != torch.uint8:
+        if not x.is_floating_point():
+            raise ValueError(f"{what} must be uint8 or float in [-1, 1], got {x.dtype}")
+        metrics.check_range(x, what, -1.0, 1.0)
+        x = to_uint8(x)
+    return x.expand(3, -1, -1).contiguous() if x.shape[0] == 1 else x
+
+
+class Uint8Images(Dataset):
+    """Images as torch-fidelity input: item i is uint8 [3, H, W] (greyscale repeated to 3 channels).
+
+    Args:
+        images: uint8 [N, C, H, W] (tensor or array), float [N, C, H, W] in [-1, 1] (quantised by
+            ``to_uint8``, as when samples are saved to PNG), or a Dataset whose items are such
+            [C, H, W] images or (image, label) pairs; C = 1 or 3.
+    """
+
+    def __init__(self, images: ImagesLike):
+        if isinstance(images, np.ndarray):
+            images = torch.from_numpy(images)
+        if isinstance(images, Tensor):
+            if images.dim() != 4 or images.shape[1] not in (1, 3):
+                raise ValueError(f"images must be [N, C, H, W] with C = 1 or 3, got {tuple(images.shape)}")
+            if images.dtype != torch.uint8:
+                if not images.is_floating_point():
+                    raise ValueError(f"images must be uint8 or float in [-1, 1], got {images.dtype}")
+                metrics.check_range(images, "images", -1.0, 1.0)
+        elif not isinstance(images, Dataset):
+            raise ValueError(f"images must be a tensor, an array or a Dataset, got {type(images).__name__}")
+        if len(images) == 0:
+            raise ValueError("images is empty")
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> Tensor:
+        item = self.images[i]
+        if isinstance(item, (tuple, list)):
+            item = item[0]
+        return _as_uint8_rgb(item, f"image {i}")
+
+
+def _resolve_cuda(cuda: bool | None) -> bool:
+    """Use the GPU when one is available, unless told otherwise."""
+    return torch.cuda.is_available() if cuda is None else bool(cuda)
+
+
+# ---------------------------------------------------------------------------------------------
+# Features and statistics.
+
+
+def extract_features(
+    images: ImagesLike, backend: MetricBackend, batch_size: int = 64, cuda: bool | None = None
+) -> np.ndarray:
+    """Features of ``backend``'s torch-fidelity extractor (its FID layer) for every image.
+
+    Returns:
+        float64  # [N, D]
+    """
+    from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
+
+    cuda = _resolve_cuda(cuda)
+    dataset = Uint8Images(images)
+    layer = backend.feature_layer("fid")
+    extractor = create_feature_extractor(
+        backend.feature_extractor, [layer], cuda=cuda, verbose=False, **backend.fidelity_kwargs
+    )
+    features = get_featuresdict_from_dataset(dataset, extractor, batch_size, cuda, True, False)[layer]
+    return features.double().numpy()
+
+
+def stats_from_features(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mu [D], sigma [D, D]) of features [N, D]: mean and unbiased covariance, float64 (as torch-fidelity)."""
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2 or features.shape[0] < 2:
+        raise ValueError(f"need features [N, D] with N >= 2, got shape {features.shape}")
+    return features.mean(axis=0), np.cov(features, rowvar=False).reshape(features.shape[1], features.shape[1])
+
+
+def feature_stats(
+    images: ImagesLike, backend: MetricBackend, batch_size: int = 64, cuda: bool | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mu [D], sigma [D, D]) of the backend's FID features of ``images`` (see ``Uint8Images``)."""
+    return stats_from_features(extract_features(images, backend, batch_size, cuda))
+
+
+def _validate_stats(mu: np.ndarray, sigma: np.ndarray, where: str) -> None:
+    """One-line error unless mu is [D] and sigma [D, D], both finite."""
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise StatsFileError(f"{where}: mu must be [D] and sigma [D, D], got {mu.shape} and {sigma.shape}")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise StatsFileError(f"{where}: mu or sigma contains NaN or infinite values")
+
+
+def save_stats(
+    path: str | os.PathLike,
+    mu: np.ndarray,
+    sigma: np.ndarray,
+    meta: dict[str, Any],
+    features: np.ndarray | None = None,
+) -> None:
+    """Write statistics atomically to an ``.npz`` file: mu, sigma, meta (JSON) and optionally features (float32)."""
+    path = Path(path)
+    mu, sigma = np.asarray(mu, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
+    _validate_stats(mu, sigma, str(path))
+    arrays: dict[str, np.ndarray] = {"mu": mu, "sigma": sigma, "meta": np.array(json.dumps(meta, sort_keys=True))}
+    if features is not None:
+        features = np.asarray(features, dtype=np.float32)
+        if features.ndim != 2 or features.shape[1] != mu.shape[0]:
+            raise ValueError(f"features must be [N, {mu.shape[0]}], got {features.shape}")
+        arrays["features"] = features
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+def load_stats(path: str | os.PathLike) -> FeatureStats:
+    """Read a file written by ``save_stats``; a missing or corrupt file raises a one-line ``StatsFileError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise StatsFileError(f"FID statistics file {path} does not exist; create it with compute_reference_stats")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+        meta = json.loads(str(arrays["meta"])) if "meta" in arrays else None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        raise StatsFileError(f"FID statistics file {path} is corrupt ({type(exc).__name__}: {reason})") from None
+    missing = [key for key in ("mu", "sigma", "meta") if key not in arrays]
+    if missing:
+        raise StatsFileError(f"FID statistics file {path} lacks {', '.join(missing)}")
+    mu, sigma = arrays["mu"].astype(np.float64), arrays["sigma"].astype(np.float64)
+    features = arrays.get("features")
+    _validate_stats(mu, sigma, str(path))
+    if not isinstance(meta, dict):
+        raise StatsFileError(f"FID statistics file {path}: meta is not a JSON object")
+    return FeatureStats(mu=mu, sigma=sigma, meta=meta, features=features)
+
+
+def _mu_sigma(stats: StatsLike) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) as float64 arrays from a FeatureStats or a (mu, sigma) pair."""
+    if isinstance(stats, FeatureStats):
+        return stats.mu, stats.sigma
+    mu, sigma = stats
+    return np.asarray(mu, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
+
+
+def fid_from_stats(stats1: StatsLike, stats2: StatsLike) -> float:
+    """Fréchet distance between Gaussians N(mu_1, sigma_1) and N(mu_2, sigma_2) (Heusel et al. 2017, eq. 6).
+
+    ||mu_1 - mu_2||^2 + tr(sigma_1) + tr(sigma_2) - 2 tr((sigma_1 sigma_2)^(1/2)), with the matrix
+    square root from ``scipy.linalg.sqrtm``. Rounding can make sigma_1 sigma_2 slightly
+    non-positive, giving sqrtm a small imaginary part; only the real part of the trace is used
+    (torch-fidelity likewise keeps the real part of sqrt(eigenvalues)). Written independently of
+    torch-fidelity to cross-check it.
+
+    Args:
+        stats1, stats2: FeatureStats or (mu [D], sigma [D, D]) pairs.
+    """
+    mu1, sigma1 = _mu_sigma(stats1)
+    mu2, sigma2 = _mu_sigma(stats2)
+    _validate_stats(mu1, sigma1, "stats1")
+    _validate_stats(mu2, sigma2, "stats2")
+    if mu1.shape != mu2.shape:
+        raise ValueError(f"feature dimensions differ: {mu1.shape[0]} and {mu2.shape[0]}")
+    diff = mu1 - mu2
+    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    tr_covmean = float(np.trace(covmean).real)
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
+
+
+def compute_reference_stats(
+    images: ImagesLike,
+    backend: MetricBackend,
+    path: str | os.PathLike,
+    *,
+    batch_size: int = 64,
+    keep_features: bool = True,
+    cuda: bool | None = None,
+    meta: dict[str, Any] | None = None,
+) -> FeatureStats:
+    """Compute the backend's feature statistics of a reference set once and write them to ``path``.
+
+    Args:
+        keep_features: also store the features (float32, N x D), which KID needs.
+        meta: extra provenance (dataset, image indices file, ...), merged into the stored meta.
+    """
+    features = extract_features(images, backend, batch_size, cuda)
+    mu, sigma = stats_from_features(features)
+    full_meta = {
+        "format": STATS_FORMAT,
+        "backend": backend.name,
+        "feature_extractor": backend.feature_extractor,
+        "feature_layer": backend.feature_layer("fid"),
+        "num_images": int(features.shape[0]),
+        **(meta or {}),
+    }
+    save_stats(path, mu, sigma, full_meta, features if keep_features else None)
+    return load_stats(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# FID and KID.
+
+
+def _check_reference(ref: FeatureStats, backend: MetricBackend, where: str, kid: bool) -> None:
+    """The reference statistics must come from the backend's extractor and layer (and hold features for KID)."""
+    expected_meta = {"feature_extractor": backend.feature_extractor, "feature_layer": backend.feature_layer("fid")}
+    for key, expected in expected_meta.items():
+        if ref.meta.get(key) != expected:
+            raise StatsFileError(
+                f"{where} was made with {key}={ref.meta.get(key)!r}, but the {backend.name} backend uses {expected!r}"
+            )
+    if kid and ref.features is None:
+        raise StatsFileError(
+            f"{where} holds no features, which KID needs; recompute it with keep_features=True or pass kid=False"
+        )
+
+
+def compute_fid(
+    images_a: ImagesLike,
+    images_b_or_stats: ImagesLike | FeatureStats | str | os.PathLike,
+    backend: MetricBackend,
+    *,
+    kid: bool = True,
+    kid_subset_size: int | None = None,
+    kid_subsets: int = KID_SUBSETS,
+    batch_size: int = 64,
+    cuda: bool | None = None,
+    seed: int = KID_SEED,
+) -> dict[str, Any]:
+    """FID (and KID) of ``images_a`` against images or precomputed reference statistics.
+
+    With two image sets this is one ``torch_fidelity.calculate_metrics`` call. With a statistics file
+    (or FeatureStats) the features of ``images_a`` come from the same torch-fidelity extractor and
+    the distances from torch-fidelity's ``fid_statistics_to_metric`` / ``kid_features_to_metric``.
+
+    Args:
+        images_a: see ``Uint8Images``.
+        images_b_or_stats: images, a FeatureStats, or the path of a file from ``compute_reference_stats``.
+        kid: also compute KID (polynomial kernel, ``kid_subsets`` subsets).
+        kid_subset_size: default min(1000, N_a, N_b).
+        cuda: default: use the GPU when available.
+        seed: seed of the KID subset sampling.
+    Returns:
+        {"fid", "kid_mean", "kid_std" (if kid), "backend", "feature_extractor", "feature_layer",
+         "num_images_a", "num_images_b", "kid_subset_size", "kid_subsets", "reference"}
+    """
+    import torch_fidelity
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+    from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+
+    cuda = _resolve_cuda(cuda)
+    layer = backend.feature_layer("fid")
+    if kid and backend.feature_layer("kid") != layer:
+        raise ValueError(f"the {backend.name} backend uses different FID and KID layers; unsupported")
+    dataset_a = Uint8Images(images_a)
+    n_a = len(dataset_a)
+
+    reference: FeatureStats | None = None
+    if isinstance(images_b_or_stats, (str, os.PathLike)):
+        reference = load_stats(images_b_or_stats)
+        where = str(images_b_or_stats)
+    elif isinstance(images_b_or_stats, FeatureStats):
+        reference, where = images_b_or_stats, "reference statistics"
+    if reference is not None:
+        _check_reference(reference, backend, where, kid)
+        n_b = int(reference.meta.get("num_images", len(reference.features) if reference.features is not None else 0))
+    else:
+        dataset_b = Uint8Images(images_b_or_stats)
+        n_b, where = len(dataset_b), "images"
+
+    subset = min(KID_MAX_SUBSET_SIZE, n_a, n_b) if kid_subset_size is None else int(kid_subset_size)
+    if kid and subset < 2:
+        raise ValueError(f"KID needs at least 2 images per set (got {n_a} and {n_b}); pass kid=False")
+    kid_kwargs = {"kid_subsets": kid_subsets, "kid_subset_size": subset, "rng_seed": seed, "verbose": False}
+
+    if reference is None:
+        scores = torch_fidelity.calculate_metrics(
+            input1=dataset_a,
+            input2=dataset_b,
+            fid=True,
+            kid=kid,
+            feature_extractor=backend.feature_extractor,
+            feature_layer_fid=layer,
+            feature_layer_kid=layer,
+            batch_size=batch_size,
+            cuda=cuda,
+            save_cpu_ram=True,
+            cache=False,
+            **kid_kwargs,
+            **backend.fidelity_kwargs,
+        )
+    else:
+        features_a = extract_features(dataset_a, backend, batch_size, cuda)
+        mu_a, sigma_a = stats_from_features(features_a)
+        stats_a, stats_b = {"mu": mu_a, "sigma": sigma_a}, {"mu": reference.mu, "sigma": reference.sigma}
+        scores = fid_statistics_to_metric(stats_a, stats_b, False)
+        if kid:
+            features_b = torch.from_numpy(reference.features.astype(np.float64))
+            scores.update(kid_features_to_metric(torch.from_numpy(features_a), features_b, **kid_kwargs))
+
+    result: dict[str, Any] = {
+        "fid": float(scores[KEY_METRIC_FID]),
+        "backend": backend.name,
+        "feature_extractor": backend.feature_extractor,
+        "feature_layer": layer,
+        "num_images_a": n_a,
+        "num_images_b": n_b,
+        "reference": where,
+    }
+    if kid:
+        result.update(
+            kid_mean=float(scores[KEY_METRIC_KID_MEAN]),
+            kid_std=float(scores[KEY_METRIC_KID_STD]),
+            kid_subset_size=subset,
+            kid_subsets=kid_subsets,
+        )
+    return result

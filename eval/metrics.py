@@ -1,0 +1,158 @@
+"""Per-image reconstruction metrics of PDAE (Zhang et al., NeurIPS 2022) and Diff-AE: SSIM, MSE, LPIPS.
+
+Protocol (REFERENCE.md §5.1; identical in the PDAE and Diff-AE code): every metric is a per-image
+score, averaged over the evaluation set by the caller. SSIM and MSE take images in [0, 1], obtained
+from model images in [-1, 1] by ``to_unit`` (x + 1) / 2 without clamping; LPIPS takes [-1, 1].
+
+Declared ranges are checked: values outside [low - RANGE_TOLERANCE, high + RANGE_TOLERANCE] raise a
+one-line ``ValueError`` naming the argument and the observed range. The tolerance exists because
+decoded images may overshoot their range by rounding; it is far too small to let a [-1, 1] image
+pass as [0, 1], which is the mistake the check is there to catch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# Slack allowed on declared input ranges (decoded images overshoot slightly).
+RANGE_TOLERANCE = 1e-3
+
+# Single-scale SSIM constants of the PDAE / Diff-AE implementation (REFERENCE.md §5.1),
+# for a data range of 1 (images in [0, 1]).
+SSIM_WINDOW_SIZE = 11
+SSIM_SIGMA = 1.5
+SSIM_C1 = 0.01**2
+SSIM_C2 = 0.03**2
+
+
+def to_unit(x: Tensor) -> Tensor:
+    """Map model images in [-1, 1] to [0, 1] by (x + 1) / 2, without clamping (REFERENCE.md §5.1)."""
+    return (x + 1) / 2
+
+
+def check_range(x: Tensor, name: str, low: float, high: float, tol: float = RANGE_TOLERANCE) -> None:
+    """Raise a one-line ``ValueError`` unless every value of ``x`` is finite and in [low - tol, high + tol]."""
+    if x.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < low - tol or hi > high + tol:
+        raise ValueError(
+            f"{name} must lie in [{low:g}, {high:g}] (tolerance {tol:g}) but spans [{lo:.4g}, {hi:.4g}]"
+        )
+
+
+def _check_pair(a: Tensor, b: Tensor, low: float, high: float) -> None:
+    """Check that a and b are same-shape [N, C, H, W] batches within the declared range."""
+    if a.dim() != 4 or a.shape != b.shape:
+        raise ValueError(
+            f"a and b must be image batches [N, C, H, W] of equal shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    check_range(a, "a", low, high)
+    check_range(b, "b", low, high)
+
+
+def mse(a: Tensor, b: Tensor) -> Tensor:
+    """Per-image mean squared error on [0, 1] images (REFERENCE.md §5.1).
+
+    Args:
+        a, b: images in [0, 1]  # [N, C, H, W]
+    Returns:
+        mean over channels and pixels of (a - b)^2, float64  # [N]
+    """
+    _check_pair(a, b, 0.0, 1.0)
+    return (a.double() - b.double()).pow(2).mean(dim=(1, 2, 3))
+
+
+def gaussian_window(size: int = SSIM_WINDOW_SIZE, sigma: float = SSIM_SIGMA) -> Tensor:
+    """Normalised 1-D Gaussian g[k] proportional to exp(-(k - size // 2)^2 / (2 sigma^2)), k = 0..size-1.
+
+    Returns:
+        float64 weights summing to 1  # [size]
+    """
+    k = torch.arange(size, dtype=torch.float64) - size // 2
+    g = torch.exp(-(k**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def ssim_map(a: Tensor, b: Tensor) -> Tensor:
+    """Local SSIM of Wang et al. (2004), single scale, exactly as the PDAE / Diff-AE code computes it.
+
+    Local statistics are weighted by the separable 11x11 Gaussian window (sigma 1.5) through a
+    depthwise convolution with zero padding 5 ('same' output size), so pixels within 5 px of the
+    border see zeros outside the image:
+        SSIM = (2 mu_a mu_b + C1)(2 sigma_ab + C2) / ((mu_a^2 + mu_b^2 + C1)(sigma_a^2 + sigma_b^2 + C2)),
+    with sigma_a^2 = E[a^2] - mu_a^2, sigma_ab = E[ab] - mu_a mu_b, C1 = 0.01^2, C2 = 0.03^2
+    (REFERENCE.md §5.1). Computed in float64; the reference code used float32, which differs by
+    rounding only (below 1e-5).
+
+    Args:
+        a, b: images in [0, 1]  # [N, C, H, W]
+    Returns:
+        SSIM map, float64  # [N, C, H, W]
+    """
+    _check_pair(a, b, 0.0, 1.0)
+    a, b = a.double(), b.double()
+    channels = a.shape[1]
+    g = gaussian_window().to(a.device)
+    window = torch.outer(g, g).expand(channels, 1, SSIM_WINDOW_SIZE, SSIM_WINDOW_SIZE)
+    pad = SSIM_WINDOW_SIZE // 2
+
+    def local_mean(x: Tensor) -> Tensor:
+        return F.conv2d(x, window, padding=pad, groups=channels)
+
+    # 1. Local means and (biased, window-weighted) second moments.
+    mu_a, mu_b = local_mean(a), local_mean(b)
+    var_a = local_mean(a * a) - mu_a**2
+    var_b = local_mean(b * b) - mu_b**2
+    cov_ab = local_mean(a * b) - mu_a * mu_b
+    # 2. Luminance-contrast-structure product.
+    numerator = (2 * mu_a * mu_b + SSIM_C1) * (2 * cov_ab + SSIM_C2)
+    denominator = (mu_a**2 + mu_b**2 + SSIM_C1) * (var_a + var_b + SSIM_C2)
+    return numerator / denominator
+
+
+def ssim(a: Tensor, b: Tensor) -> Tensor:
+    """Per-image SSIM: ``ssim_map`` averaged over channels and pixels (REFERENCE.md §5.1).
+
+    Args:
+        a, b: images in [0, 1], i.e. ``to_unit`` of model images  # [N, C, H, W]
+    Returns:
+        float64  # [N]
+    """
+    return ssim_map(a, b).mean(dim=(1, 2, 3))
+
+
+def lpips_distance(a: Tensor, b: Tensor, net: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    """Per-image LPIPS-like distance ``net(a, b)`` on [-1, 1] images (REFERENCE.md §5.1).
+
+    Args:
+        a, b: images in [-1, 1]  # [N, C, H, W]
+        net: any callable (a, b) -> one distance per image, shaped [N] or [N, 1, 1, 1], e.g.
+            ``lpips.LPIPS(net='alex')`` or a backend's ``lpips_net`` (see eval.backends)
+    Returns:
+        float64  # [N]
+    """
+    _check_pair(a, b, -1.0, 1.0)
+    with torch.no_grad():
+        d = net(a, b)
+    n = a.shape[0]
+    if not isinstance(d, Tensor) or d.numel() != n:
+        shape = tuple(d.shape) if isinstance(d, Tensor) else type(d).__name__
+        raise ValueError(f"LPIPS net must return one value per image ({n}), got {shape}")
+    return d.reshape(n).double()
+
+
+def mean_and_sem(values: Tensor) -> tuple[float, float]:
+    """Set-level summary of a per-image metric: (mean, standard error of the mean) of values [N]."""
+    v = values.double().flatten()
+    if v.numel() == 0:
+        raise ValueError("cannot summarise an empty set of per-image values")
+    sem = float(v.std(unbiased=True)) / math.sqrt(v.numel()) if v.numel() > 1 else float("nan")
+    return float(v.mean()), sem

@@ -1,0 +1,177 @@
+"""Small classifier networks: the linear attribute head on z (PDAE/Diff-AE manipulation) and a small CNN
+trained on a dataset's labels that serves as an offline feature extractor for FID and an LPIPS-style
+distance (the `domain` metric backend, DESIGN.md 6).
+
+Notation: z -> normalised semantic latent [N, D]; x -> image in [-1, 1] [N, C, H, W].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["FeatureNet", "LinearHead", "feature_map_distance", "FEATURENET_GN_GROUPS"]
+
+FEATURENET_GN_GROUPS = 8  # GroupNorm groups in FeatureNet (batch-independent features, unlike BatchNorm)
+_UNIT_NORM_EPS = 1e-10  # LPIPS `normalize_tensor` epsilon
+
+
+# Attribute classifier on z (REFERENCE.md 2.5): one Linear layer, keys `weight`, `bias` as PDAE's `nn.Linear`.
+class LinearHead(nn.Linear):
+    """logits = W z + b on the normalised latent z, trained with BCE-with-logits (REFERENCE.md 2.5).
+
+    Preset: CelebA-HQ attributes, 512 -> 40: 20,520 parameters. The state dict is a plain `nn.Linear`'s
+    (`weight` [num_outputs, latent_dim], `bias` [num_outputs]), so PDAE's `ema_classifier` loads as is.
+
+    :param latent_dim: D, width of z.
+    :param num_outputs: number of attributes / classes.
+    """
+
+    def __init__(self, latent_dim: int, num_outputs: int) -> None:
+        if latent_dim <= 0 or num_outputs <= 0:
+            raise ValueError(
+                f"LinearHead: sizes must be positive, got latent_dim={latent_dim}, num_outputs={num_outputs}"
+            )
+        super().__init__(latent_dim, num_outputs)
+        self.config: dict[str, Any] = {"latent_dim": latent_dim, "num_outputs": num_outputs}
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """z: [N, latent_dim] (normalised) -> logits [N, num_outputs]."""
+        if z.ndim != 2 or z.shape[1] != self.in_features:
+            raise ValueError(f"LinearHead: z must be [N, {self.in_features}], got {tuple(z.shape)}")
+        return super().forward(z)
+
+    def direction(self, index: int) -> torch.Tensor:
+        """Unit manipulation direction w_c / ||w_c|| of output `index` (REFERENCE.md 2.5). -> [latent_dim]."""
+        if not 0 <= index < self.out_features:
+            raise ValueError(f"LinearHead.direction: index {index} not in [0, {self.out_features})")
+        w = self.weight[index]
+        return w / w.norm()
+
+
+def feature_map_distance(
+    maps_x: Sequence[torch.Tensor], maps_y: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """LPIPS-style distance with unit layer weights (Zhang et al. 2018, Eq. 1 with w_l = 1).
+
+    d(x, y) = sum_l mean_{h,w} || f_l^x / ||f_l^x|| - f_l^y / ||f_l^y|| ||^2, norms over channels.
+
+    :param maps_x: per-layer feature maps of x, each [N, C_l, H_l, W_l].
+    :param maps_y: the same layers for y.
+    :return: [N] distances (0 for identical inputs).
+    """
+    if len(maps_x) != len(maps_y) or not maps_x:
+        raise ValueError(
+            f"feature_map_distance: need the same non-zero number of layers, "
+            f"got {len(maps_x)} and {len(maps_y)}"
+        )
+    total = torch.zeros(maps_x[0].shape[0], dtype=maps_x[0].dtype, device=maps_x[0].device)
+    for layer, (fx, fy) in enumerate(zip(maps_x, maps_y, strict=True)):
+        if fx.shape != fy.shape:
+            raise ValueError(
+                f"feature_map_distance: layer {layer} shapes differ: {tuple(fx.shape)} vs {tuple(fy.shape)}"
+            )
+        nx = fx / (fx.norm(dim=1, keepdim=True) + _UNIT_NORM_EPS)
+        ny = fy / (fy.norm(dim=1, keepdim=True) + _UNIT_NORM_EPS)
+        total = total + (nx - ny).pow(2).sum(dim=1).mean(dim=(1, 2))
+    return total
+
+
+# Small CNN classifier whose penultimate layer is the `domain` FID feature (DESIGN.md 6).
+class FeatureNet(nn.Module):
+    """Stages of [Conv3x3, GN, SiLU] x 2, average-pooled x2 between stages; global average pool;
+    `embed` = Linear(channels[-1], feature_dim) + SiLU (the FID feature); `classifier` = Linear -> logits.
+
+    For image_size 16 and channels (32, 64, 128) the stage maps are 16x16, 8x8 and 4x4.
+
+    :param image_size: input height = width; divisible by 2^(len(channels) - 1).
+    :param in_channels: image channels.
+    :param num_classes: number of labels the net is trained on (cross-entropy).
+    :param channels: channels per stage (each divisible by FEATURENET_GN_GROUPS).
+    :param feature_dim: width of the penultimate feature used for FID.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        in_channels: int,
+        num_classes: int,
+        channels: Sequence[int] = (32, 64, 128),
+        feature_dim: int = 128,
+    ) -> None:
+        super().__init__()
+        channels = tuple(int(c) for c in channels)
+        if not channels or any(c <= 0 or c % FEATURENET_GN_GROUPS for c in channels):
+            raise ValueError(
+                f"FeatureNet: channels must be positive multiples of {FEATURENET_GN_GROUPS}, got {channels}"
+            )
+        if image_size <= 0 or image_size % 2 ** (len(channels) - 1):
+            raise ValueError(
+                f"FeatureNet: image_size={image_size} not divisible by 2^{len(channels) - 1} "
+                f"(one x2 pooling between {len(channels)} stages)"
+            )
+        if min(in_channels, num_classes, feature_dim) <= 0:
+            raise ValueError(
+                f"FeatureNet: in_channels, num_classes, feature_dim must be positive, got "
+                f"{in_channels}, {num_classes}, {feature_dim}"
+            )
+        self.config: dict[str, Any] = {
+            "image_size": image_size,
+            "in_channels": in_channels,
+            "num_classes": num_classes,
+            "channels": list(channels),
+            "feature_dim": feature_dim,
+        }
+        self.image_size = image_size
+        self.in_channels = in_channels
+        self.stages = nn.ModuleList()
+        prev = in_channels
+        for ch in channels:
+            self.stages.append(
+                nn.Sequential(
+                    nn.Conv2d(prev, ch, 3, padding=1),
+                    nn.GroupNorm(FEATURENET_GN_GROUPS, ch),
+                    nn.SiLU(),
+                    nn.Conv2d(ch, ch, 3, padding=1),
+                    nn.GroupNorm(FEATURENET_GN_GROUPS, ch),
+                    nn.SiLU(),
+                )
+            )
+            prev = ch
+        self.embed = nn.Sequential(nn.Linear(prev, feature_dim), nn.SiLU())
+        self.classifier = nn.Linear(feature_dim, num_classes)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        expected = (self.in_channels, self.image_size, self.image_size)
+        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+            shape = ", ".join(map(str, expected))
+            raise ValueError(f"FeatureNet: x must be [N, {shape}], got {tuple(x.shape)}")
+
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Per-stage activations for the LPIPS-style distance. x: [N, C, H, W] in [-1, 1]
+        -> list of [N, channels[s], H / 2^s, W / 2^s]."""
+        self._check_input(x)
+        maps = []
+        h = x
+        for s, stage in enumerate(self.stages):
+            if s > 0:
+                h = F.avg_pool2d(h, kernel_size=2)
+            h = stage(h)
+            maps.append(h)
+        return maps
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate feature (the FID feature). x: [N, C, H, W] in [-1, 1] -> [N, feature_dim]."""
+        return self.embed(self.feature_maps(x)[-1].mean(dim=(2, 3)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits. x: [N, C, H, W] in [-1, 1] -> [N, num_classes]."""
+        return self.classifier(self.features(x))
+
+    def distance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """LPIPS-style distance between image batches (`feature_map_distance`). -> [N]."""
+        return feature_map_distance(self.feature_maps(x), self.feature_maps(y))

@@ -1,0 +1,475 @@
+"""Diff-AE (Preechakul et al., CVPR 2022): the z-conditioned U-Net and its half-U-Net semantic encoder.
+
+`DiffAEUNet` is the official `BeatGANsAutoencModel` (REFERENCE.md 2.2, 2.3): an ADM U-Net whose every
+ResBlock (encoder half, middle and decoder, including the resampling ones) is conditioned on the time
+embedding and, scale-only, on the semantic code z; its `encoder` submodule is `DiffAEEncoder`
+(`BeatGANsEncoderModel`: a half U-Net without time input, pooled to z).
+
+State-dict keys equal the official ones except the time MLP: Diff-AE `time_embed.time_embed.{0,2}.*`
+is our `time_embed.{0,2}.*` (`diffae_state_dict_to_ours`). Parameter counts at the FFHQ128 config:
+128,545,155 in all, 24,673,536 in the encoder (608 keys).
+
+Notation: emb -> time embedding [N, E]; z -> semantic code [N, latent_dim] (passed to the blocks as
+`emb_z`); `attention_resolutions` are feature-map sizes (Diff-AE), not downsample factors (PDAE).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pdae.nets.latent_mlp import DIFFAE_LATENT_PREFIX
+from pdae.nets.layers import (
+    AttentionBlock,
+    EmbedSequential,
+    ResBlock,
+    normalization,
+    timestep_embedding,
+    zero_module,
+)
+from pdae.nets.prior import FeatureLayout
+from pdae.nets.unet import build_output_blocks
+
+__all__ = [
+    "CondResBlock",
+    "DiffAEEncoder",
+    "DiffAEUNet",
+    "EncoderResBlock",
+    "attention_ds_from_resolutions",
+    "diffae_state_dict_to_ours",
+]
+
+
+# Diff-AE ResBlock with two conditions (official `ResBlock` with `two_cond=True`, `apply_conditions`).
+class CondResBlock(ResBlock):
+    """ADM ResBlock whose AdaGN is also scaled by z (REFERENCE.md 2.3):
+
+    h = (GN(h) * (1 + t_s) + t_b) * (1 + z_s),  [t_s, t_b] = emb_layers(emb),
+    z_s = cond_emb_layers(z) = Linear(SiLU(z)) -> C_out   (scale only, no z shift).
+
+    :param cond_channels: width of z (Diff-AE: `resnet_cond_channels or embed_channels`).
+    Other parameters as `ResBlock`.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        emb_channels: int,
+        dropout: float = 0.0,
+        out_channels: int | None = None,
+        up: bool = False,
+        down: bool = False,
+        *,
+        cond_channels: int,
+    ) -> None:
+        super().__init__(channels, emb_channels, dropout, out_channels, up, down)
+        self.cond_emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(cond_channels, self.out_channels))
+
+    def modulate(
+        self, h: torch.Tensor, emb: torch.Tensor, emb_z: torch.Tensor | None
+    ) -> torch.Tensor:
+        """h: [N, C_out, H, W], emb: [N, E], emb_z = z: [N, cond_channels] -> [N, C_out, H, W]."""
+        if emb_z is None:
+            raise ValueError("CondResBlock: the Diff-AE decoder needs the semantic code z")
+        z_scale = self.cond_emb_layers(emb_z)[..., None, None]  # [N, C_out, 1, 1]
+        return super().modulate(h, emb, None) * (1.0 + z_scale)
+
+
+# Diff-AE encoder ResBlock (official `ResBlock` with `use_condition=False`: no emb_layers, no out_layers).
+class EncoderResBlock(nn.Module):
+    """h = skip_connection(x) + Conv3x3(SiLU(GN(x))); with `down`, 2x2 average pooling of both the
+    residual branch (between SiLU and the conv) and x (REFERENCE.md 2.2).
+
+    :param channels: input channels C_in.
+    :param out_channels: output channels C_out (default C_in; a 1x1 conv skip when they differ).
+    :param down: downsample x2.
+    """
+
+    def __init__(self, channels: int, out_channels: int | None = None, down: bool = False) -> None:
+        super().__init__()
+        self.out_channels = out_channels or channels
+        self.down = down
+        self.in_layers = nn.Sequential(
+            normalization(channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, self.out_channels, 3, padding=1),
+        )
+        if self.out_channels == channels:
+            self.skip_connection: nn.Module = nn.Identity()
+        else:
+            self.skip_connection = nn.Conv2d(channels, self.out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [N, C_in, H, W] -> [N, C_out, H', W'] (H' = H/2 with `down`, else H)."""
+        if self.down:
+            h = self.in_layers[-1](F.avg_pool2d(self.in_layers[:-1](x), kernel_size=2))
+            x = F.avg_pool2d(x, kernel_size=2)
+        else:
+            h = self.in_layers(x)
+        return self.skip_connection(x) + h
+
+
+def attention_ds_from_resolutions(
+    image_size: int, resolutions: Sequence[int], levels: int, where: str
+) -> tuple[int, ...]:
+    """Diff-AE attention resolutions (feature-map sizes) -> ADM downsample factors (REFERENCE.md 2.1).
+
+    E.g. image_size 128, resolutions (16,) -> (8,). Raises when a resolution is never reached.
+    """
+    if image_size % 2 ** (levels - 1):
+        raise ValueError(
+            f"{where}: image_size={image_size} not divisible by 2^{levels - 1} ({levels} levels)"
+        )
+    reachable = {image_size // 2**level: 2**level for level in range(levels)}
+    bad = [r for r in resolutions if r not in reachable]
+    if bad:
+        raise ValueError(
+            f"{where}: attention resolutions {bad} never reached; feature-map sizes are "
+            f"{sorted(reachable, reverse=True)}"
+        )
+    return tuple(reachable[r] for r in resolutions)
+
+
+def _build_input_blocks(
+    make_sequential: Callable[..., nn.Sequential],
+    make_resblock: Callable[[int, int, bool], nn.Module],
+    make_attention: Callable[[int], nn.Module],
+    in_channels: int,
+    base_channels: int,
+    channel_mult: Sequence[int],
+    num_res_blocks: int,
+    attention_ds: Sequence[int],
+) -> tuple[nn.ModuleList, list[int], list[int], int]:
+    """ADM encoder half as built by Diff-AE (`resblock_updown=True`): input conv, then per level
+    `num_res_blocks` ResBlocks (+ attention at `attention_ds`) and a down-sampling ResBlock between levels.
+
+    :param make_resblock: (C_in, C_out, down) -> block.
+    :return: (blocks, skip channels, skip downsample factors, channels at the end).
+    """
+    ch = base_channels * channel_mult[0]
+    blocks = nn.ModuleList([make_sequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
+    skip_channels, skip_ds = [ch], [1]
+    ds = 1
+    for level, mult in enumerate(channel_mult):
+        for _ in range(num_res_blocks):
+            layers = [make_resblock(ch, base_channels * mult, False)]
+            ch = base_channels * mult
+            if ds in attention_ds:
+                layers.append(make_attention(ch))
+            blocks.append(make_sequential(*layers))
+            skip_channels.append(ch)
+            skip_ds.append(ds)
+        if level != len(channel_mult) - 1:
+            blocks.append(make_sequential(make_resblock(ch, ch, True)))
+            ds *= 2
+            skip_channels.append(ch)
+            skip_ds.append(ds)
+    return blocks, skip_channels, skip_ds, ch
+
+
+def _check_image(x: torch.Tensor, channels: int, image_size: int, where: str) -> None:
+    expected = (channels, image_size, image_size)
+    if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+        raise ValueError(f"{where}: expected [N, {', '.join(map(str, expected))}], got {tuple(x.shape)}")
+
+
+# Diff-AE semantic encoder (official `BeatGANsEncoderModel`, pool 'adaptivenonzero', no time condition).
+class DiffAEEncoder(nn.Module):
+    """z = Enc(x0): half U-Net without time input, then GN, SiLU, global average pool, 1x1 conv -> z
+    (REFERENCE.md 2.2). Deterministic, no output normalisation.
+
+    Presets:
+      FFHQ128 (Diff-AE `ffhq128_autoenc_base`): base 128, channel_mult (1,1,2,3,4,4), 2 res blocks,
+        attention at 16x16, latent 512 -> 24,673,536 parameters.
+      64 px (Diff-AE `ffhq64_autoenc`): base 64, channel_mult (1,2,4,8,8), attention at 16x16.
+
+    :param image_size: input height = width.
+    :param in_channels: image channels.
+    :param base_channels: channels of the first level.
+    :param channel_mult: per-level multiplier; one x2 downsampling between levels.
+    :param num_res_blocks: ResBlocks per level.
+    :param attention_resolutions: feature-map sizes with attention after each ResBlock.
+    :param num_heads: attention heads (when head_channels == -1).
+    :param head_channels: fixed channels per head, or -1.
+    :param new_attention_order: split q/k/v before heads.
+    :param latent_dim: width of z.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        in_channels: int = 3,
+        base_channels: int = 128,
+        channel_mult: Sequence[int] = (1, 1, 2, 3, 4, 4),
+        num_res_blocks: int = 2,
+        attention_resolutions: Sequence[int] = (16,),
+        num_heads: int = 1,
+        head_channels: int = -1,
+        new_attention_order: bool = False,
+        latent_dim: int = 512,
+    ) -> None:
+        super().__init__()
+        channel_mult = tuple(int(m) for m in channel_mult)
+        attention_resolutions = tuple(int(r) for r in attention_resolutions)
+        if not channel_mult or num_res_blocks < 1:
+            raise ValueError(
+                f"DiffAEEncoder: need at least one level and one res block, got channel_mult={channel_mult}, "
+                f"num_res_blocks={num_res_blocks}"
+            )
+        attention_ds = attention_ds_from_resolutions(
+            image_size, attention_resolutions, len(channel_mult), "DiffAEEncoder"
+        )
+        self.config: dict[str, Any] = {
+            "image_size": image_size,
+            "in_channels": in_channels,
+            "base_channels": base_channels,
+            "channel_mult": list(channel_mult),
+            "num_res_blocks": num_res_blocks,
+            "attention_resolutions": list(attention_resolutions),
+            "num_heads": num_heads,
+            "head_channels": head_channels,
+            "new_attention_order": new_attention_order,
+            "latent_dim": latent_dim,
+        }
+        self.image_size = image_size
+        self.in_channels = in_channels
+
+        def attention(ch: int) -> AttentionBlock:
+            return AttentionBlock(ch, num_heads, head_channels, new_attention_order)
+
+        self.input_blocks, _, _, ch = _build_input_blocks(
+            nn.Sequential,
+            lambda c_in, c_out, down: EncoderResBlock(c_in, c_out, down=down),
+            attention,
+            in_channels,
+            base_channels,
+            channel_mult,
+            num_res_blocks,
+            attention_ds,
+        )
+        self.middle_block = nn.Sequential(EncoderResBlock(ch), attention(ch), EncoderResBlock(ch))
+        self.out = nn.Sequential(
+            normalization(ch),
+            nn.SiLU(),
+            nn.AdaptiveAvgPool2d((1, 1)),
+            nn.Conv2d(ch, latent_dim, 1),
+            nn.Flatten(),
+        )
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        """x0: [N, C, H, W] clean image in [-1, 1] -> z: [N, latent_dim]."""
+        _check_image(x0, self.in_channels, self.image_size, "DiffAEEncoder")
+        h = x0
+        for block in self.input_blocks:
+            h = block(h)
+        return self.out(self.middle_block(h))
+
+
+# Diff-AE autoencoder (official `BeatGANsAutoencModel`, `resnet_two_cond=True`, `resblock_updown=True`).
+class DiffAEUNet(nn.Module):
+    """eps_theta(x_t, t, z) with z = encoder(x0) (REFERENCE.md 2.3).
+
+    Time: sinusoidal(base_channels) -> Linear(base, E) -> SiLU -> Linear(E, E). Every ResBlock is a
+    `CondResBlock`; z enters raw (`style` is the identity in Diff-AE) through each block's
+    `cond_emb_layers`. Layout as ADM: input conv; per level ResBlocks (+ attention) and a down
+    ResBlock; middle ResBlock, attention, ResBlock; decoder with num_res_blocks + 1 ResBlocks per level
+    on concat(h, skip) and up ResBlocks; out = GN, SiLU, zero-init Conv3x3.
+
+    Presets (Diff-AE templates):
+      FFHQ128/Horse128/Bedroom128: image 128, base 128, channel_mult (1,1,2,3,4), attention (16,),
+        enc_channel_mult (1,1,2,3,4,4), embed 512, latent 512, dropout 0.1
+        -> 128,545,155 parameters (encoder 24,673,536).
+      64 px (`ffhq64_autoenc`, CelebA64): base 64, channel_mult (1,2,4,8), enc_channel_mult (1,2,4,8,8).
+
+    :param image_size: input height = width.
+    :param in_channels: image channels (= eps channels).
+    :param base_channels: channels of the first level; also the sinusoidal embedding width.
+    :param channel_mult: decoder U-Net per-level multipliers.
+    :param num_res_blocks: ResBlocks per level (decoder side: one more).
+    :param attention_resolutions: feature-map sizes with attention in the U-Net.
+    :param num_heads: attention heads (U-Net and encoder).
+    :param dropout: dropout in the U-Net's ResBlocks (the encoder's blocks have none).
+    :param latent_dim: width of z.
+    :param enc_channel_mult: encoder per-level multipliers.
+    :param enc_attention_resolutions: feature-map sizes with attention in the encoder.
+    :param embed_channels: time-embedding width E (Diff-AE: 512 in every template).
+    :param head_channels: fixed channels per head, or -1 to use num_heads.
+    :param new_attention_order: split q/k/v before heads.
+    :param enc_num_res_blocks: ResBlocks per level in the encoder.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        in_channels: int = 3,
+        base_channels: int = 128,
+        channel_mult: Sequence[int] = (1, 1, 2, 3, 4),
+        num_res_blocks: int = 2,
+        attention_resolutions: Sequence[int] = (16,),
+        num_heads: int = 1,
+        dropout: float = 0.1,
+        latent_dim: int = 512,
+        enc_channel_mult: Sequence[int] = (1, 1, 2, 3, 4, 4),
+        enc_attention_resolutions: Sequence[int] = (16,),
+        embed_channels: int = 512,
+        head_channels: int = -1,
+        new_attention_order: bool = False,
+        enc_num_res_blocks: int = 2,
+    ) -> None:
+        super().__init__()
+        channel_mult = tuple(int(m) for m in channel_mult)
+        attention_resolutions = tuple(int(r) for r in attention_resolutions)
+        if not channel_mult or num_res_blocks < 1:
+            raise ValueError(
+                f"DiffAEUNet: need at least one level and one res block, got channel_mult={channel_mult}, "
+                f"num_res_blocks={num_res_blocks}"
+            )
+        attention_ds = attention_ds_from_resolutions(
+            image_size, attention_resolutions, len(channel_mult), "DiffAEUNet"
+        )
+        self.config: dict[str, Any] = {
+            "image_size": image_size,
+            "in_channels": in_channels,
+            "base_channels": base_channels,
+            "channel_mult": list(channel_mult),
+            "num_res_blocks": num_res_blocks,
+            "attention_resolutions": list(attention_resolutions),
+            "num_heads": num_heads,
+            "dropout": dropout,
+            "latent_dim": latent_dim,
+            "enc_channel_mult": [int(m) for m in enc_channel_mult],
+            "enc_attention_resolutions": [int(r) for r in enc_attention_resolutions],
+            "embed_channels": embed_channels,
+            "head_channels": head_channels,
+            "new_attention_order": new_attention_order,
+            "enc_num_res_blocks": enc_num_res_blocks,
+        }
+        self.image_size = image_size
+        self.in_channels = in_channels
+        self.base_channels = base_channels
+        self.latent_dim = latent_dim
+        block = partial(CondResBlock, cond_channels=latent_dim)
+
+        def attention(ch: int) -> AttentionBlock:
+            return AttentionBlock(ch, num_heads, head_channels, new_attention_order)
+
+        # Semantic encoder.
+        self.encoder = DiffAEEncoder(
+            image_size,
+            in_channels,
+            base_channels,
+            enc_channel_mult,
+            enc_num_res_blocks,
+            enc_attention_resolutions,
+            num_heads,
+            head_channels,
+            new_attention_order,
+            latent_dim,
+        )
+
+        # Time embedding.
+        self.time_embed = nn.Sequential(
+            nn.Linear(base_channels, embed_channels), nn.SiLU(), nn.Linear(embed_channels, embed_channels)
+        )
+
+        # Encoder half, middle block, decoder half.
+        self.input_blocks, skip_channels, skip_ds, ch = _build_input_blocks(
+            EmbedSequential,
+            lambda c_in, c_out, down: block(c_in, embed_channels, dropout, c_out, down=down),
+            attention,
+            in_channels,
+            base_channels,
+            channel_mult,
+            num_res_blocks,
+            attention_ds,
+        )
+        self.middle_block = EmbedSequential(
+            block(ch, embed_channels, dropout), attention(ch), block(ch, embed_channels, dropout)
+        )
+        layout = FeatureLayout(
+            in_channels=in_channels,
+            out_channels=in_channels,
+            base_channels=base_channels,
+            channel_mult=channel_mult,
+            num_res_blocks=num_res_blocks,
+            attention_ds=attention_ds,
+            num_heads=num_heads,
+            head_channels=head_channels,
+            new_attention_order=new_attention_order,
+            dropout=dropout,
+            emb_dim=embed_channels,
+            middle_channels=ch,
+            skip_channels=tuple(skip_channels),
+            skip_ds=tuple(skip_ds),
+        )
+        self.output_blocks = build_output_blocks(layout, block, dropout)  # type: ignore[arg-type]
+        out_ch = base_channels * channel_mult[0]
+        self.out = nn.Sequential(
+            normalization(out_ch),
+            nn.SiLU(),
+            zero_module(nn.Conv2d(out_ch, in_channels, 3, padding=1)),
+        )
+
+    def encode(self, x0: torch.Tensor) -> torch.Tensor:
+        """Semantic code. x0: [N, C, H, W] in [-1, 1] -> z: [N, latent_dim]."""
+        return self.encoder(x0)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """eps prediction. x_t: [N, C, H, W], t: [N] (or a scalar), z: [N, latent_dim] -> [N, C, H, W]."""
+        _check_image(x_t, self.in_channels, self.image_size, "DiffAEUNet")
+        if z.ndim != 2 or z.shape != (x_t.shape[0], self.latent_dim):
+            raise ValueError(
+                f"DiffAEUNet: z must be [{x_t.shape[0]}, {self.latent_dim}], got {tuple(z.shape)}"
+            )
+        if t.ndim == 0:
+            t = t.expand(x_t.shape[0])
+        emb = self.time_embed(
+            timestep_embedding(t, self.base_channels).to(self.time_embed[0].weight.dtype)
+        )  # [N, E]
+        skips = []
+        h = x_t
+        for blk in self.input_blocks:
+            h = blk(h, emb, z)
+            skips.append(h)
+        h = self.middle_block(h, emb, z)
+        for blk in self.output_blocks:
+            h = blk(torch.cat([h, skips.pop()], dim=1), emb, z)
+        return self.out(h)
+
+
+# Official Diff-AE key prefix -> ours (REFERENCE.md 3.4); everything else is identical.
+DIFFAE_KEY_RENAMES: tuple[tuple[str, str], ...] = (("time_embed.time_embed.", "time_embed."),)
+_DIFFAE_MODULES = ("time_embed.", "input_blocks.", "middle_block.", "output_blocks.", "out.", "encoder.")
+
+
+def diffae_state_dict_to_ours(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a Diff-AE `BeatGANsAutoencModel` state dict (the `ema_model.` prefix already stripped) to
+    `DiffAEUNet` keys: `time_embed.time_embed.*` -> `time_embed.*`, all other keys unchanged.
+
+    `latent_net.*` entries (latent DPM checkpoints) are left out: load them into `LatentMLP` with
+    `pdae.nets.latent_mlp.diffae_latent_state_dict`. Any other unknown key raises ValueError.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if key.startswith(("ema_model.", "model.")):
+            raise ValueError(
+                f"diffae_state_dict_to_ours: key {key!r} still has the Lightning prefix; "
+                f"keep the 'ema_model.*' entries and strip 'ema_model.' first"
+            )
+        if key.startswith(DIFFAE_LATENT_PREFIX):
+            continue
+        for old, new in DIFFAE_KEY_RENAMES:
+            if key.startswith(old):
+                key = new + key[len(old):]
+                break
+        if not key.startswith(_DIFFAE_MODULES):
+            raise ValueError(
+                f"diffae_state_dict_to_ours: unexpected key {key!r} (not a Diff-AE autoencoder key)"
+            )
+        out[key] = value
+    return out

@@ -1,0 +1,252 @@
+"""The pre-trained DPM: an ADM-style eps-prediction U-Net (Dhariwal & Nichol 2021) as used by PDAE.
+
+State-dict keys and shapes equal the official PDAE `UNet` (REFERENCE.md 2.1, 3.2), so published
+`ema_denoise_fn` checkpoints (and Diff-AE DDIM baselines with the `ema_model.` prefix stripped, 3.4)
+load without renaming. Implements `FrozenPrior` so PDAE's gradient estimator reuses its encoder half.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from pdae.nets.layers import (
+    AttentionBlock,
+    EmbedSequential,
+    ResBlock,
+    normalization,
+    timestep_embedding,
+    zero_module,
+)
+from pdae.nets.prior import FeatureLayout, FrozenPrior, PriorFeatures
+
+__all__ = ["UNet", "OFFICIAL_CONFIG_KEYS"]
+
+# official `denoise_fn_config` key -> our constructor argument (REFERENCE.md 3.1)
+OFFICIAL_CONFIG_KEYS: dict[str, str] = {
+    "input_channel": "in_channels",
+    "base_channel": "base_channels",
+    "channel_multiplier": "channel_mult",
+    "num_residual_blocks_of_a_block": "num_res_blocks",
+    "attention_resolutions": "attention_ds",
+    "num_heads": "num_heads",
+    "head_channel": "head_channels",
+    "use_new_attention_order": "new_attention_order",
+    "dropout": "dropout",
+}
+_OFFICIAL_OPTIONAL_KEYS: dict[str, str] = {"learn_sigma": "learn_sigma", "num_class": "num_classes"}
+
+
+class UNet(FrozenPrior):
+    """ADM U-Net predicting eps(x_t, t) (REFERENCE.md 2.1).
+
+    Presets (REFERENCE.md 2.1 table):
+      128 px FFHQ/Horse/Bedroom: base 128, mult (1,1,2,3,4), 2 res blocks, attention_ds (8,), 1 head,
+                                 dropout 0.1 -> 98,618,499 parameters, 432 keys.
+      MNIST (32 px, 1 channel):  base 64, mult (1,2,2,4), 2 res blocks, attention_ds (), dropout 0
+                                 -> 19,404,161 parameters.
+
+    :param in_channels: image channels (eps has the same number).
+    :param base_channels: channels of the first level; the time embedding has 4 * base_channels.
+    :param channel_mult: per-level multiplier of base_channels; one x2 downsampling between levels.
+    :param num_res_blocks: ResBlocks per level in the encoder (decoder: one more).
+    :param attention_ds: downsample factors (1, 2, 4, ...) at which attention follows each ResBlock.
+        Not feature resolutions: Diff-AE's `attn_resolutions=(16,)` at 128 px is `(8,)` here.
+    :param num_heads: attention heads (when head_channels == -1).
+    :param head_channels: fixed channels per head, or -1 to use num_heads.
+    :param new_attention_order: split q/k/v before heads (`QKVAttention`) instead of the legacy order.
+    :param dropout: dropout in every ResBlock.
+    :param learn_sigma: output 2 * in_channels (eps then variance interpolation).
+    :param num_classes: class-conditional prior: adds `label_emb` (nn.Embedding) to the time embedding.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        base_channels: int = 128,
+        channel_mult: Sequence[int] = (1, 1, 2, 3, 4),
+        num_res_blocks: int = 2,
+        attention_ds: Sequence[int] = (8,),
+        num_heads: int = 1,
+        head_channels: int = -1,
+        new_attention_order: bool = False,
+        dropout: float = 0.1,
+        learn_sigma: bool = False,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__()
+        channel_mult = tuple(int(m) for m in channel_mult)
+        attention_ds = tuple(int(d) for d in attention_ds)
+        reachable = [2**level for level in range(len(channel_mult))]
+        if not channel_mult or num_res_blocks < 1:
+            raise ValueError(
+                f"UNet: need at least one level and one res block, got channel_mult={channel_mult}, "
+                f"num_res_blocks={num_res_blocks}"
+            )
+        bad_ds = [d for d in attention_ds if d not in reachable]
+        if bad_ds:
+            raise ValueError(
+                f"UNet: attention_ds {bad_ds} never reached; downsample factors are {reachable} "
+                f"(attention_ds are factors, not resolutions)"
+            )
+        self.config: dict[str, Any] = {
+            "in_channels": in_channels,
+            "base_channels": base_channels,
+            "channel_mult": list(channel_mult),
+            "num_res_blocks": num_res_blocks,
+            "attention_ds": list(attention_ds),
+            "num_heads": num_heads,
+            "head_channels": head_channels,
+            "new_attention_order": new_attention_order,
+            "dropout": dropout,
+            "learn_sigma": learn_sigma,
+            "num_classes": num_classes,
+        }
+        self.base_channels = base_channels
+        self.num_classes = num_classes
+        emb_dim = 4 * base_channels
+
+        def attention(ch: int) -> AttentionBlock:
+            return AttentionBlock(ch, num_heads, head_channels, new_attention_order)
+
+        # Time (and class) embedding.
+        self.time_embed = nn.Sequential(
+            nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+        )
+        if num_classes is not None:
+            self.label_emb = nn.Embedding(num_classes, emb_dim)
+
+        # Encoder half: input conv, then per level num_res_blocks ResBlocks (+ attention) and a
+        # down-sampling ResBlock between levels.
+        ch = base_channels * channel_mult[0]
+        self.input_blocks = nn.ModuleList([EmbedSequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
+        skip_channels, skip_ds = [ch], [1]
+        ds = 1
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                layers: list[nn.Module] = [ResBlock(ch, emb_dim, dropout, base_channels * mult)]
+                ch = base_channels * mult
+                if ds in attention_ds:
+                    layers.append(attention(ch))
+                self.input_blocks.append(EmbedSequential(*layers))
+                skip_channels.append(ch)
+                skip_ds.append(ds)
+            if level != len(channel_mult) - 1:
+                self.input_blocks.append(EmbedSequential(ResBlock(ch, emb_dim, dropout, down=True)))
+                ds *= 2
+                skip_channels.append(ch)
+                skip_ds.append(ds)
+
+        self._layout = FeatureLayout(
+            in_channels=in_channels,
+            out_channels=2 * in_channels if learn_sigma else in_channels,
+            base_channels=base_channels,
+            channel_mult=channel_mult,
+            num_res_blocks=num_res_blocks,
+            attention_ds=attention_ds,
+            num_heads=num_heads,
+            head_channels=head_channels,
+            new_attention_order=new_attention_order,
+            dropout=dropout,
+            emb_dim=emb_dim,
+            middle_channels=ch,
+            skip_channels=tuple(skip_channels),
+            skip_ds=tuple(skip_ds),
+        )
+
+        # Middle block and decoder half.
+        self.middle_block = EmbedSequential(
+            ResBlock(ch, emb_dim, dropout), attention(ch), ResBlock(ch, emb_dim, dropout)
+        )
+        self.output_blocks = build_output_blocks(self._layout, ResBlock, dropout)
+        out_ch = base_channels * channel_mult[0]
+        self.out = nn.Sequential(
+            normalization(out_ch),
+            nn.SiLU(),
+            zero_module(nn.Conv2d(out_ch, self._layout.out_channels, 3, padding=1)),
+        )
+
+    @classmethod
+    def from_official_config(cls, denoise_fn_config: Mapping[str, Any]) -> UNet:
+        """Build from the official `config.yml` `denoise_fn_config` mapping (REFERENCE.md 3.1).
+
+        Extra keys (`model`, ...) are ignored; `dims` must be 2 when present.
+        """
+        missing = [k for k in OFFICIAL_CONFIG_KEYS if k not in denoise_fn_config]
+        if missing:
+            raise ValueError(f"UNet.from_official_config: missing key(s) {missing}")
+        dims = denoise_fn_config.get("dims", 2)
+        if dims != 2:
+            raise ValueError(f"UNet.from_official_config: dims={dims!r} unsupported (only 2-D images)")
+        kwargs = {ours: denoise_fn_config[theirs] for theirs, ours in OFFICIAL_CONFIG_KEYS.items()}
+        for theirs, ours in _OFFICIAL_OPTIONAL_KEYS.items():
+            if denoise_fn_config.get(theirs) is not None:
+                kwargs[ours] = denoise_fn_config[theirs]
+        for key in ("channel_multiplier", "attention_resolutions"):
+            value = denoise_fn_config[key]
+            if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+                raise ValueError(f"UNet.from_official_config: {key} must be a list, got {value!r}")
+        return cls(**kwargs)
+
+    def feature_layout(self) -> FeatureLayout:
+        return self._layout
+
+    def encode_features(
+        self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
+    ) -> PriorFeatures:
+        """Time embedding + encoder half. x_t: [N, C, H, W], t: [N] or scalar, y: [N] class labels."""
+        if t.ndim == 0:
+            t = t.expand(x_t.shape[0])
+        t_emb = timestep_embedding(t, self.base_channels).to(self.time_embed[0].weight.dtype)
+        emb = self.time_embed(t_emb)  # [N, E]
+        if self.num_classes is not None:
+            if y is None:
+                raise ValueError("UNet: class-conditional model (num_classes set) needs labels y")
+            emb = emb + self.label_emb(y)
+        elif y is not None:
+            raise ValueError("UNet: got labels y but the model is unconditional (num_classes=None)")
+        skips = []
+        h = x_t
+        for block in self.input_blocks:
+            h = block(h, emb)
+            skips.append(h)
+        return PriorFeatures(h=h, skips=skips, emb=emb)
+
+    def decode_features(self, feats: PriorFeatures) -> torch.Tensor:
+        """Middle block + decoder + output layer -> [N, out_channels, H, W] (eps first)."""
+        h = self.middle_block(feats.h, feats.emb)
+        for block, skip in zip(self.output_blocks, reversed(feats.skips)):
+            h = block(torch.cat([h, skip], dim=1), feats.emb)
+        return self.out(h)
+
+    def forward(
+        self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """eps_theta(x_t, t): [N, C, H, W] -> [N, C, H, W] ([N, 2C, H, W] when learn_sigma)."""
+        return self.decode_features(self.encode_features(x_t, t, y))
+
+
+def build_output_blocks(
+    layout: FeatureLayout, block: type[ResBlock], dropout: float
+) -> nn.ModuleList:
+    """ADM decoder blocks following `layout.output_block_specs()`, with `block` as the ResBlock class.
+
+    Used for the prior's `output_blocks` (ResBlock) and PDAE's `shift_output_blocks` (ResBlockShift);
+    keys are `{i}.0` ResBlock, `{i}.1` attention (if any), then the up-sampling ResBlock.
+    """
+    blocks = nn.ModuleList()
+    for spec in layout.output_block_specs():
+        layers: list[nn.Module] = [block(spec.in_channels, layout.emb_dim, dropout, spec.out_channels)]
+        if spec.attention:
+            layers.append(
+                AttentionBlock(
+                    spec.out_channels, layout.num_heads, layout.head_channels, layout.new_attention_order
+                )
+            )
+        if spec.up:
+            layers.append(block(spec.out_channels, layout.emb_dim, dropout, up=True))
+        blocks.append(EmbedSequential(*layers))
+    return blocks

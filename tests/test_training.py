@@ -1,0 +1,204 @@
+"""The shared training loop: every method trains and reloads; resume is bitwise exact; failures are clean."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from pdae.config import ConfigError, RunConfig, TrainConfig, from_dict, load_run_config
+from pdae.methods import DPM, load_method
+from pdae.training import TrainingError, global_indices, train
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = {"name": "digits", "image_size": 8, "channels": 1}
+TINY_UNET = {"base_channels": 32, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_ds": [2], "dropout": 0.1}
+
+
+def tiny_config(**train: object) -> RunConfig:
+    cfg = RunConfig(
+        data=dict(DATA),
+        nets={"unet": dict(TINY_UNET)},
+        train=TrainConfig(images=96, batch_size=16, lr=1e-3, ema_decay=0.9, log_every_images=32,
+                          resume_every_images=32),
+    )
+    for key, value in train.items():
+        setattr(cfg.train, key, value)
+    return cfg
+
+
+def write_config(path: Path, cfg: RunConfig) -> Path:
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def dpm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dpm") / "model"
+    train("dpm", tiny_config(), out, seed=0, progress=False)
+    return out
+
+
+def test_dpm_folder_layout_and_reload(dpm_dir: Path) -> None:
+    assert sorted(p.name for p in dpm_dir.iterdir()) == [
+        "config.json", "metadata.json", "model.safetensors", "train_config.json", "train_log.jsonl"]
+    meta = json.loads((dpm_dir / "metadata.json").read_text())
+    assert meta["images_seen"] == 96 and meta["steps"] == 6 and meta["seed"] == 0
+    assert meta["code_version"]
+    log = [json.loads(line) for line in (dpm_dir / "train_log.jsonl").read_text().splitlines()]
+    assert [r["images_seen"] for r in log] == [32, 64, 96]
+    assert all(r["loss"] > 0 and r["images_per_s"] > 0 for r in log)
+    assert not dpm_dir.with_name("model.resume").exists()
+    method = load_method(dpm_dir)
+    assert isinstance(method, DPM)
+    # The folder holds the EMA weights, not the raw ones: reloading reproduces them exactly.
+    saved = load_file(dpm_dir / "model.safetensors")
+    for key, value in method.unet.state_dict().items():
+        assert torch.equal(saved[f"unet.{key}"], value)
+
+
+def test_every_method_trains_on_the_shared_loop(dpm_dir: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(images=32)
+    cfg.nets = {"encoder": {"latent_dim": 16, "channels": [32], "attention_resolutions": []},
+                "estimator": {"latent_dim": 16}}
+    pdae_dir = train("pdae", cfg, tmp_path / "pdae", dpm_dir=dpm_dir, progress=False).out_dir
+    pdae = load_method(pdae_dir)
+    # The frozen prior inside PDAE is the DPM's EMA weights, unchanged by PDAE training.
+    dpm = load_method(dpm_dir)
+    for key, value in dpm.unet.state_dict().items():
+        assert torch.equal(pdae.prior.state_dict()[key], value)
+    x = torch.rand(4, 1, 8, 8) * 2 - 1
+    assert pdae.encode(x).shape == (4, 16)
+
+    cfg.nets = {"estimator": {}}
+    train("pdae_class", cfg, tmp_path / "pdae_class", dpm_dir=dpm_dir, progress=False)
+    assert load_method(tmp_path / "pdae_class").name == "pdae_class"
+
+    cfg.nets = {"model": {"base_channels": 32, "channel_mult": [1, 2], "num_res_blocks": 1,
+                          "attention_resolutions": [], "latent_dim": 16, "enc_channel_mult": [1, 2],
+                          "enc_attention_resolutions": []}}
+    cfg.diffusion = {"kind": "linear", "T": 1000}
+    train("diffae", cfg, tmp_path / "diffae", progress=False)
+    assert load_method(tmp_path / "diffae").encode(x).shape == (4, 16)
+
+    cfg.nets = {"net": {"hidden": 32, "num_layers": 3, "time_dim": 16, "time_out": 16}}
+    cfg.diffusion = {"kind": "const", "T": 1000, "beta": 0.008}
+    latent = load_method(train("latent", cfg, tmp_path / "latent", encoder_dir=pdae_dir, progress=False).out_dir)
+    z = torch.stack([pdae.encode(x)]).squeeze(0)
+    assert latent.stats.std.min() > 0 and latent.stats.mean.shape == (16,)
+    assert torch.isfinite(latent.stats.normalize(z)).all()
+
+    cfg.nets = {"head": {}}
+    clf = load_method(train("classifier", cfg, tmp_path / "clf", encoder_dir=pdae_dir, progress=False).out_dir)
+    assert clf.predict_logits(z).shape == (4, 10)
+
+    cfg.nets = {"net": {"channels": [16, 32], "feature_dim": 32}}
+    feat = load_method(train("feature_net", cfg, tmp_path / "feat", progress=False).out_dir)
+    assert feat.net(x).shape == (4, 10)
+
+
+def test_data_order_depends_only_on_seed_and_position() -> None:
+    whole = global_indices(3, 10, 0, 35)
+    assert torch.equal(torch.cat([global_indices(3, 10, 0, 12), global_indices(3, 10, 12, 23)]), whole)
+    for epoch in range(3):  # each epoch is a permutation
+        assert sorted(whole[10 * epoch : 10 * epoch + 10].tolist()) == list(range(10))
+    assert not torch.equal(whole[:10], whole[10:20])
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pdae", "train", *args, "--no-progress"]
+
+
+def test_kill9_then_rerun_is_bitwise_identical(tmp_path: Path) -> None:
+    cfg = tiny_config(images=320, resume_every_images=16, log_every_images=64)
+    path = write_config(tmp_path / "cfg.yaml", cfg)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ref = tmp_path / "ref"
+    subprocess.run(_cli("dpm", "--config", str(path), "--out", str(ref), "--seed", "5"), check=True, env=env)
+
+    out = tmp_path / "killed"
+    state = tmp_path / "killed.resume" / "state.pt"
+    proc = subprocess.Popen(_cli("dpm", "--config", str(path), "--out", str(out), "--seed", "5"), env=env)
+    deadline = time.time() + 120
+    while not state.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)  # land somewhere in the middle of training
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists(), "a killed run must leave no final artifact"
+    resumed_from = torch.load(state, weights_only=True)["images_seen"]
+    assert 0 < resumed_from < 320
+    subprocess.run(_cli("dpm", "--config", str(path), "--out", str(out), "--seed", "5"), check=True, env=env)
+    assert (out / "model.safetensors").read_bytes() == (ref / "model.safetensors").read_bytes()
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["resumed_from_images"] >= resumed_from
+    ref_log = [json.loads(x) for x in (ref / "train_log.jsonl").read_text().splitlines()]
+    log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [(r["images_seen"], r["loss"]) for r in log] == [(r["images_seen"], r["loss"]) for r in ref_log]
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"n": 0}
+    original = DPM.loss
+
+    def exploding(self, x, y, generator):  # noqa: ANN001
+        calls["n"] += 1
+        loss = original(self, x, y, generator)
+        return loss * float("nan") if calls["n"] == 5 else loss
+
+    monkeypatch.setattr(DPM, "loss", exploding)
+    out = tmp_path / "model"
+    with pytest.raises(TrainingError, match="non-finite loss .* at step 5 .*64 images seen.*last good resume state"):
+        train("dpm", tiny_config(resume_every_images=32), out, progress=False)
+    assert not out.exists()
+    state = torch.load(tmp_path / "model.resume" / "state.pt", weights_only=True)
+    assert state["images_seen"] == 64
+
+
+@pytest.mark.parametrize(
+    ("section", "mutate", "message"),
+    [
+        ("train", {"imagez": 5}, "config.train.imagez: unknown key"),
+        ("train", {"images": "many"}, "config.train.images: expected an integer"),
+        ("train", {"lr": [1]}, "config.train.lr: expected a number"),
+        ("top", {"trian": {}}, "config.trian: unknown key"),
+        ("data", {"name": "digits", "image_sise": 8}, "data.image_sise"),
+        ("nets", {"unet": {"base_channel": 32}}, "config.nets.unet"),
+    ],
+)
+def test_bad_config_is_one_line_error_and_leaves_nothing(tmp_path: Path, section: str, mutate: dict, message: str) -> None:
+    raw = tiny_config().to_dict()
+    if section == "top":
+        raw.update(mutate)
+    elif section in ("data", "nets"):
+        raw[section] = mutate
+    else:
+        raw[section].update(mutate)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "model"
+    proc = subprocess.run(_cli("dpm", "--config", str(path), "--out", str(out)), capture_output=True, text=True)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+    assert not out.exists() and not (tmp_path / "model.resume" / "state.pt").exists()
+
+
+def test_missing_config_and_missing_dpm_are_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="nope.yaml: config file not found"):
+        load_run_config(tmp_path / "nope.yaml")
+    cfg = tiny_config()
+    cfg.nets = {}
+    with pytest.raises(ValueError, match="needs a trained DPM"):
+        train("pdae", cfg, tmp_path / "p", progress=False)
+    with pytest.raises(ConfigError, match="x.ema_decay: must be in"):
+        from_dict(TrainConfig, {"ema_decay": 1.5}, "x")
