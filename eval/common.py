@@ -1,0 +1,156 @@
+"""Shared plumbing of the evaluations: provenance, tidy records, held-out images, per-image noise, backends.
+
+Every evaluation writes *records*: one dict per measurement (tidy data) with provenance columns
+(`dataset`, `method`, `seed`, `images_seen`, `code_version`, `backend`, ...) plus the measurement's own
+columns (`metric`, `value`, and e.g. `steps`, `x_T`, `t`, `scale`). `eval.tables` aggregates them over
+seeds and puts the paper's numbers beside ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+RECORD_FORMAT = "pdae-bench-records/1"
+# Columns every record carries (filled by `provenance`); "-" where a column does not apply.
+PROVENANCE_COLUMNS = ("dataset", "method", "seed", "images_seen", "code_version", "config")
+
+
+def provenance(method: Any, label: str | None = None) -> dict[str, Any]:
+    """Provenance columns of a model loaded with `pdae.methods.load_method` (from its metadata.json)."""
+    meta = dict(getattr(method, "metadata", {}) or {})
+    data = meta.get("data") or {}
+    folder = getattr(method, "folder", None)
+    return {
+        "dataset": data.get("name", meta.get("dataset", "unknown")) if isinstance(data, dict) else str(data),
+        "method": label or method.name,
+        "seed": meta.get("seed", "-"),
+        "images_seen": meta.get("images_seen", "-"),
+        "code_version": meta.get("code_version", "-"),
+        "config": str(folder) if folder is not None else "-",
+    }
+
+
+def record(prov: dict[str, Any], metric: str, value: float, backend: str = "-", **columns: Any) -> dict[str, Any]:
+    """One tidy measurement row."""
+    value = float(value)
+    return {**prov, **columns, "backend": backend, "metric": metric, "value": value}
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    """Write JSON via a temporary file and rename, so a crash never leaves a half-written result."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def write_records(path: str | os.PathLike, rows: Sequence[dict[str, Any]], **meta: Any) -> Path:
+    """Write records (and free-form metadata such as notes) as one JSON file; non-finite values are refused."""
+    for row in rows:
+        if not math.isfinite(row["value"]):
+            raise ValueError(f"{path}: non-finite value for {row.get('metric')} ({row['value']}); refusing to write")
+    return write_json_atomic(path, {"format": RECORD_FORMAT, "meta": meta, "rows": list(rows)})
+
+
+def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: unreadable records file ({type(exc).__name__})") from None
+    if not isinstance(obj, dict) or obj.get("format") != RECORD_FORMAT:
+        raise ValueError(f"{path}: not a records file (format {RECORD_FORMAT!r} expected)")
+    return list(obj["rows"])
+
+
+def image_noise(shape: Sequence[int], indices: Iterable[int], seed: int, device: str | torch.device = "cpu") -> Tensor:
+    """Gaussian noise for images `indices`, one generator per image (EDM's StackedRandomGenerator idea):
+    image i gets the same noise whatever the batch size or order. -> [len(indices), *shape]."""
+    out = [torch.randn(tuple(shape), generator=torch.Generator().manual_seed(seed * 1_000_003 + int(i)))
+           for i in indices]
+    return torch.stack(out).to(device)
+
+
+def batched(fn: Callable[..., Tensor], *tensors: Tensor, batch_size: int) -> Tensor:
+    """Apply `fn` to aligned slices of `tensors` (dim 0) and concatenate the results."""
+    n = tensors[0].shape[0]
+    return torch.cat([fn(*(t[i : i + batch_size] for t in tensors)) for i in range(0, n, batch_size)])
+
+
+def eval_images(spec: dict[str, Any], count: int, split: str = "test") -> tuple[Tensor, Tensor, Any]:
+    """The first `count` images of the held-out split (a fixed index list), their labels, and the dataset.
+
+    -> images [N, C, H, W] in [-1, 1], labels [N]; the dataset's `source_indices[:N]` identify them."""
+    from pdae.data import build_dataset
+
+    ds = build_dataset(spec, split=split)
+    n = min(count, len(ds))
+    images = torch.stack([ds[i][0] for i in range(n)])
+    labels = torch.as_tensor(ds.labels[:n]).long()
+    return images, labels, ds
+
+
+def data_spec(method: Any, override: str | None = None) -> dict[str, Any]:
+    """The dataset spec to evaluate on: a YAML/JSON file given by `override`, else the model's training data."""
+    if override:
+        import yaml
+
+        path = Path(override)
+        if not path.is_file():
+            raise ValueError(f"{path}: data spec file not found")
+        spec = yaml.safe_load(path.read_text())
+        return spec.get("data", spec) if isinstance(spec, dict) else spec
+    meta = getattr(method, "metadata", {}) or {}
+    if not isinstance(meta.get("data"), dict):
+        raise ValueError(f"{getattr(method, 'folder', 'model')}: metadata has no data spec; pass --data SPEC.yaml")
+    spec = dict(meta["data"])
+    spec.pop("hflip", None)
+    return spec
+
+
+# Metric backends from the command line.
+def add_backend_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=("domain", "standard"), default="domain",
+                        help="metric backend: domain (feature net trained on the dataset; offline) or standard "
+                        "(Inception-v3 FID + LPIPS-AlexNet weights from the torch cache or the paths below)")
+    parser.add_argument("--feature-net", default=None, help="domain backend: feature-net model folder")
+    parser.add_argument("--alexnet-weights", default=None, help="standard backend: alexnet-owt-7be5be79.pth")
+    parser.add_argument("--inception-weights", default=None, help="standard backend: weights-inception-2015-12-05-6726825d.pth")
+
+
+def backend_from_args(args: argparse.Namespace, device: str | torch.device = "cpu") -> Any:
+    from eval.backends import domain_backend, standard_backend
+
+    if args.backend == "standard":
+        return standard_backend(args.alexnet_weights, args.inception_weights).to(device)
+    if not args.feature_net:
+        raise ValueError("--feature-net DIR is required with --backend domain")
+    from pdae.methods import load_method
+
+    return domain_backend(load_method(args.feature_net, device).net).to(device)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
