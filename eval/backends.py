@@ -28,6 +28,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from eval import metrics
+from pdae.nets.classifier import feature_map_distance, unit_normalize  # noqa: F401 - re-exported
 
 # File names of the standard weights in $TORCH_HOME/hub/checkpoints (as torchvision / torch-fidelity name them).
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
@@ -42,8 +43,6 @@ STANDARD_FEATURE_EXTRACTOR = "inception-v3-compat"
 DOMAIN_EXTRACTOR_PREFIX = "pdae-domain-"
 # Name of the single feature a domain extractor provides.
 DOMAIN_FEATURE = "features"
-# Epsilon of the channel-wise unit normalisation, as in lpips.normalize_tensor.
-UNIT_NORM_EPS = 1e-10
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -235,32 +234,6 @@ def match_channels(x: Tensor, channels: int) -> Tensor:
     if c == 1 and channels == 3:
         return x.expand(-1, 3, -1, -1)
     raise ValueError(f"cannot convert {c}-channel images to the {channels} channels the feature network expects")
-
-
-def unit_normalize(f: Tensor) -> Tensor:
-    """Channel-wise L2 normalisation of a feature map [N, C, H, W] (as lpips.normalize_tensor)."""
-    return f / (f.pow(2).sum(dim=1, keepdim=True).sqrt() + UNIT_NORM_EPS)
-
-
-def feature_map_distance(maps_a: list[Tensor], maps_b: list[Tensor]) -> Tensor:
-    """LPIPS with uniform weights: mean over stages of the spatially averaged squared distance.
-
-    For each stage s: d_s = mean_{h,w} || u_a[:, :, h, w] - u_b[:, :, h, w] ||^2 with u = unit_normalize(f),
-    so each d_s lies in [0, 4]; the result is mean_s d_s (LPIPS sums learnt channel weightings
-    instead, Zhang et al. 2018, eq. 1).
-
-    Args:
-        maps_a, maps_b: per-stage feature maps  # list of [N, C_s, H_s, W_s]
-    Returns:
-        float64  # [N]
-    """
-    if len(maps_a) == 0 or len(maps_a) != len(maps_b):
-        raise ValueError(f"need the same non-zero number of feature stages, got {len(maps_a)} and {len(maps_b)}")
-    per_stage = [
-        (unit_normalize(fa.double()) - unit_normalize(fb.double())).pow(2).sum(dim=1).mean(dim=(1, 2))
-        for fa, fb in zip(maps_a, maps_b)
-    ]
-    return torch.stack(per_stage).mean(dim=0)
 
 
 class FeatureMapLPIPS(nn.Module):

@@ -208,7 +208,7 @@ def test_feature_map_distance_values() -> None:
     a[:, 0] = 1.0
     b = torch.zeros(1, 2, 3, 3)
     b[:, 1] = 5.0
-    assert feature_map_distance([a, a], [b, b]).item() == pytest.approx(4.0)  # |e0 - e1|^2 = 2 per layer
+    assert feature_map_distance([a, a], [b, b]).item() == pytest.approx(2.0)  # |e0 - e1|^2 = 2 per layer, mean over layers
     assert feature_map_distance([a], [3 * a]).item() == pytest.approx(0.0, abs=1e-12)  # scale invariant
     half = a.clone()
     half[..., 0, :] = b[..., 0, :]  # one row of 3 differs: mean 2 * 3/9

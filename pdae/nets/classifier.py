@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FeatureNet", "LinearHead", "feature_map_distance", "FEATURENET_GN_GROUPS"]
+__all__ = ["FeatureNet", "LinearHead", "feature_map_distance", "unit_normalize", "FEATURENET_GN_GROUPS"]
 
 FEATURENET_GN_GROUPS = 8  # GroupNorm groups in FeatureNet (batch-independent features, unlike BatchNorm)
 _UNIT_NORM_EPS = 1e-10  # LPIPS `normalize_tensor` epsilon
@@ -56,29 +56,35 @@ class LinearHead(nn.Linear):
 def feature_map_distance(
     maps_x: Sequence[torch.Tensor], maps_y: Sequence[torch.Tensor]
 ) -> torch.Tensor:
-    """LPIPS-style distance with unit layer weights (Zhang et al. 2018, Eq. 1 with w_l = 1).
+    """LPIPS-style distance with uniform layer weights (Zhang et al. 2018, Eq. 1, w_l = 1/L).
 
-    d(x, y) = sum_l mean_{h,w} || f_l^x / ||f_l^x|| - f_l^y / ||f_l^y|| ||^2, norms over channels.
+    d(x, y) = mean_l mean_{h,w} || f_l^x / ||f_l^x|| - f_l^y / ||f_l^y|| ||^2, norms over channels, so
+    every layer term lies in [0, 4]. Computed in float64.
 
     :param maps_x: per-layer feature maps of x, each [N, C_l, H_l, W_l].
     :param maps_y: the same layers for y.
-    :return: [N] distances (0 for identical inputs).
+    :return: [N] float64 distances (0 for identical inputs).
     """
     if len(maps_x) != len(maps_y) or not maps_x:
         raise ValueError(
             f"feature_map_distance: need the same non-zero number of layers, "
             f"got {len(maps_x)} and {len(maps_y)}"
         )
-    total = torch.zeros(maps_x[0].shape[0], dtype=maps_x[0].dtype, device=maps_x[0].device)
+    total = torch.zeros(maps_x[0].shape[0], dtype=torch.float64, device=maps_x[0].device)
     for layer, (fx, fy) in enumerate(zip(maps_x, maps_y, strict=True)):
         if fx.shape != fy.shape:
             raise ValueError(
                 f"feature_map_distance: layer {layer} shapes differ: {tuple(fx.shape)} vs {tuple(fy.shape)}"
             )
-        nx = fx / (fx.norm(dim=1, keepdim=True) + _UNIT_NORM_EPS)
-        ny = fy / (fy.norm(dim=1, keepdim=True) + _UNIT_NORM_EPS)
+        nx = unit_normalize(fx.double())
+        ny = unit_normalize(fy.double())
         total = total + (nx - ny).pow(2).sum(dim=1).mean(dim=(1, 2))
-    return total
+    return total / len(maps_x)
+
+
+def unit_normalize(f: torch.Tensor) -> torch.Tensor:
+    """Channel-wise L2 normalisation of a feature map [N, C, H, W] (as lpips.normalize_tensor)."""
+    return f / (f.pow(2).sum(dim=1, keepdim=True).sqrt() + _UNIT_NORM_EPS)
 
 
 # Small CNN classifier whose penultimate layer is the `domain` FID feature (DESIGN.md 6).
