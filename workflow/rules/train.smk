@@ -1,0 +1,152 @@
+# Training: the pre-trained DPM (once per dataset), the autoencoders per seed, and the small models on z.
+# Every rule calls `pdae train`; an interrupted job resumes from <out>.resume/ when it is rerun.
+
+RES = config["resources"]
+
+
+rule train_dpm:
+    input:
+        config=lambda wc: train_config(wc.dataset, "dpm"),
+    output:
+        model=directory("results/{dataset}/dpm/model"),
+    log:
+        "logs/{dataset}/train_dpm.log",
+    benchmark:
+        "benchmarks/{dataset}/train_dpm.tsv"
+    params:
+        launch=lambda wc, resources: launcher(resources),
+        data=data_override,
+        device=config["device"],
+    threads: RES["train_threads"]
+    resources:
+        gpu=RES["train_gpus"],
+        runtime=RES["train_runtime_min"],
+        mem_mb=RES["train_mem_mb"],
+    shell:
+        "OMP_NUM_THREADS={threads} {params.launch} train dpm --config {input.config} --out {output.model}"
+        " {params.data} --seed 0 --device {params.device} --no-progress > {log} 2>&1"
+
+
+rule train_feature_net:
+    input:
+        config=lambda wc: train_config(wc.dataset, "feature_net"),
+    output:
+        model=directory("results/{dataset}/feature_net/model"),
+    log:
+        "logs/{dataset}/train_feature_net.log",
+    benchmark:
+        "benchmarks/{dataset}/train_feature_net.tsv"
+    params:
+        data=data_override,
+        device=config["device"],
+    threads: RES["train_threads"]
+    resources:
+        gpu=min(1, RES["train_gpus"]),
+        runtime=RES["train_runtime_min"],
+        mem_mb=RES["train_mem_mb"],
+    shell:
+        "OMP_NUM_THREADS={threads} {PY} -m pdae train feature-net --config {input.config} --out {output.model}"
+        " {params.data} --seed 0 --device {params.device} --no-progress > {log} 2>&1"
+
+
+rule train_autoencoder:
+    """PDAE (paper weighting), PDAE with lambda_t = 1 (ablation) or Diff-AE, one seed."""
+    input:
+        config=lambda wc: train_config(wc.dataset, wc.variant),
+        dpm=lambda wc: [] if wc.variant == "diffae" else dpm_folder(wc),
+    output:
+        model=directory("results/{dataset}/{variant}/seed{seed}/model"),
+    log:
+        "logs/{dataset}/train_{variant}_seed{seed}.log",
+    benchmark:
+        "benchmarks/{dataset}/train_{variant}_seed{seed}.tsv"
+    params:
+        launch=lambda wc, resources: launcher(resources),
+        method=lambda wc: "diffae" if wc.variant == "diffae" else "pdae",
+        dpm=lambda wc, input: f"--dpm {input.dpm}" if input.dpm else "",
+        data=data_override,
+        device=config["device"],
+    threads: RES["train_threads"]
+    resources:
+        gpu=RES["train_gpus"],
+        runtime=RES["train_runtime_min"],
+        mem_mb=RES["train_mem_mb"],
+    shell:
+        "OMP_NUM_THREADS={threads} {params.launch} train {params.method} --config {input.config} {params.dpm}"
+        " --out {output.model} {params.data} --seed {wildcards.seed} --device {params.device} --no-progress"
+        " > {log} 2>&1"
+
+
+rule train_pdae_class:
+    """Class-conditional PDAE (label instead of z) for the truncation-like effect."""
+    input:
+        config=lambda wc: train_config(wc.dataset, "pdae_class"),
+        dpm=dpm_folder,
+    output:
+        model=directory("results/{dataset}/pdae_class/seed{seed}/model"),
+    log:
+        "logs/{dataset}/train_pdae_class_seed{seed}.log",
+    benchmark:
+        "benchmarks/{dataset}/train_pdae_class_seed{seed}.tsv"
+    params:
+        launch=lambda wc, resources: launcher(resources),
+        data=data_override,
+        device=config["device"],
+    threads: RES["train_threads"]
+    resources:
+        gpu=RES["train_gpus"],
+        runtime=RES["train_runtime_min"],
+        mem_mb=RES["train_mem_mb"],
+    shell:
+        "OMP_NUM_THREADS={threads} {params.launch} train pdae-class --config {input.config} --dpm {input.dpm}"
+        " --out {output.model} {params.data} --seed {wildcards.seed} --device {params.device} --no-progress"
+        " > {log} 2>&1"
+
+
+rule train_latent:
+    """Latent DPM on the autoencoder's normalised z (unconditional and few-shot sampling)."""
+    input:
+        config=lambda wc: train_config(wc.dataset, "latent"),
+        encoder="results/{dataset}/{ae}/seed{seed}/model",
+    output:
+        model=directory("results/{dataset}/{ae}/seed{seed}/latent"),
+    log:
+        "logs/{dataset}/train_latent_{ae}_seed{seed}.log",
+    benchmark:
+        "benchmarks/{dataset}/train_latent_{ae}_seed{seed}.tsv"
+    params:
+        data=data_override,
+        device=config["device"],
+    threads: RES["train_threads"]
+    resources:
+        gpu=min(1, RES["train_gpus"]),
+        runtime=RES["train_runtime_min"],
+        mem_mb=RES["train_mem_mb"],
+    shell:
+        "OMP_NUM_THREADS={threads} {PY} -m pdae train latent --config {input.config} --encoder {input.encoder}"
+        " --out {output.model} {params.data} --seed {wildcards.seed} --device {params.device} --no-progress"
+        " > {log} 2>&1"
+
+
+rule train_classifier:
+    """Linear head on the autoencoder's normalised z (attribute manipulation)."""
+    input:
+        config=lambda wc: train_config(wc.dataset, "classifier"),
+        encoder="results/{dataset}/{ae}/seed{seed}/model",
+    output:
+        model=directory("results/{dataset}/{ae}/seed{seed}/classifier"),
+    log:
+        "logs/{dataset}/train_classifier_{ae}_seed{seed}.log",
+    benchmark:
+        "benchmarks/{dataset}/train_classifier_{ae}_seed{seed}.tsv"
+    params:
+        data=data_override,
+        device=config["device"],
+    threads: RES["train_threads"]
+    resources:
+        runtime=RES["train_runtime_min"],
+        mem_mb=RES["train_mem_mb"],
+    shell:
+        "OMP_NUM_THREADS={threads} {PY} -m pdae train classifier --config {input.config} --encoder {input.encoder}"
+        " --out {output.model} {params.data} --seed {wildcards.seed} --device {params.device} --no-progress"
+        " > {log} 2>&1"
