@@ -89,6 +89,9 @@ COMPONENT_CLASSES: dict[str, str] = {
     "LinearHead": "pdae.nets.classifier:LinearHead",
     "FeatureNet": "pdae.nets.classifier:FeatureNet",
     "LatentStats": "pdae.methods.latent:LatentStats",
+    # issue 7: foreign frozen priors (pdae/nets/adapters.py)
+    "DiffusersPrior": "pdae.nets.adapters:DiffusersPrior",
+    "AdmUNet": "pdae.nets.adapters:AdmUNet",
 }
 
 # Constructor arguments that are other components of the same folder (class -> {argument: component}).

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -797,7 +798,9 @@ def import_diffae_latent(
 # ---------------------------------------------------------------------------------------------------
 # Command line: `pdae import KIND SRC --out DIR`.
 
-IMPORT_KINDS = ("pdae-dpm", "diffae-ddim", "pdae-autoencoder", "diffae-autoencoder", "diffae-latent")
+IMPORT_KINDS = ("pdae-dpm", "diffae-ddim", "pdae-autoencoder", "diffae-autoencoder", "diffae-latent", "diffusers", "adm")
+# Foreign priors (issue 7): a diffusers UNet2DModel folder or an openai guided/improved-diffusion checkpoint.
+_PRIOR_KINDS = ("diffusers", "adm")
 _DIFFAE_IMPORTERS = {
     "diffae-ddim": import_diffae_ddim,
     "diffae-autoencoder": import_diffae_autoencoder,
@@ -812,6 +815,8 @@ examples:
   pdae import diffae-autoencoder checkpoints/ffhq128_autoenc_130M/last.ckpt --out models/ffhq128_diffae
   pdae import diffae-latent checkpoints/horse128_autoenc_latent/last.ckpt --preset horse128 --out models/h
   pdae import diffae-ddim small/last.ckpt --preset auto --out models/small   # read hyper_parameters
+  pdae import diffusers ddpm-cifar10-32 --out models/cifar10_dpm             # a google/ddpm-* folder
+  pdae import adm 256x256_diffusion_uncond.pt --flags "$MODEL_FLAGS $DIFFUSION_FLAGS" --out models/adm256
 """
 
 
@@ -831,7 +836,16 @@ def _parse_config_json(value: str | None) -> dict[str, Any] | None:
 
 def _run_import(args: argparse.Namespace) -> int:
     kind = args.kind
-    if kind in _DIFFAE_IMPORTERS:
+    if kind in _PRIOR_KINDS:
+        from pdae.nets.adapters import import_prior
+
+        if kind == "diffusers" and (args.flags or args.family):
+            raise CheckpointError("--flags/--family apply to adm imports only")
+        opts = {"flags": args.flags or "", "family": args.family or "guided"} if kind == "adm" else {}
+        if args.force and Path(args.out).exists():
+            shutil.rmtree(args.out)
+        out = import_prior(kind, args.src, args.out, **opts)
+    elif kind in _DIFFAE_IMPORTERS:
         if args.dpm_config is not None:
             raise CheckpointError(f"--dpm-config applies to pdae-autoencoder only, not {kind}")
         out = _DIFFAE_IMPORTERS[kind](
@@ -880,6 +894,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
         help='constructor-argument overrides per component, JSON or a JSON file, e.g. \'{"unet": {"base_channels": 32}}\'',
     )
     parser.add_argument("--dpm-config", default=None, help="pdae-autoencoder: the pre-trained DPM's config.yml or folder")
+    parser.add_argument("--flags", default=None,
+                        help='adm: the checkpoint\'s guided-diffusion script flags, e.g. "--image_size 256 --learn_sigma True ..."')
+    parser.add_argument("--family", choices=("guided", "improved"), default=None,
+                        help="adm: guided-diffusion (default) or improved-diffusion checkpoint")
     parser.add_argument("--force", action="store_true", help="replace an existing folder at --out")
     parser.set_defaults(func=_run_import)
     return parser

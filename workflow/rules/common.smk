@@ -30,6 +30,8 @@ for _name in DATASETS:
     _prior = config["dataset_settings"][_name]["prior"]
     if _prior.get("path") and not Path(_prior["path"]).exists():
         _fail(f"config: dataset_settings.{_name}.prior.path: {_prior['path']} not found")
+    if _prior["kind"] != "native" and not _prior.get("path"):
+        _fail(f"config: dataset_settings.{_name}.prior.path: a {_prior['kind']} prior needs the path of its files")
     _data = config["dataset_settings"][_name].get("data_path")
     if _data and not Path(_data).exists():
         _fail(f"config: dataset_settings.{_name}.data_path: dataset {_data} not found")
@@ -59,9 +61,18 @@ def data_override(wildcards):
 
 
 def dpm_folder(wildcards):
-    """The frozen prior: trained here, or a model folder made by `pdae import`."""
+    """The frozen prior: a native model folder given in the config, else results/{dataset}/dpm/model, which
+    `train_dpm` trains or `import_prior` converts from a diffusers / openai ADM checkpoint."""
     prior = settings(wildcards.dataset)["prior"]
-    return prior["path"] if prior.get("path") else f"results/{wildcards.dataset}/dpm/model"
+    if prior["kind"] == "native" and prior.get("path"):
+        return prior["path"]
+    return f"results/{wildcards.dataset}/dpm/model"
+
+
+def datasets_with_prior(kinds):
+    """Regex of the datasets whose prior kind is in `kinds` (a wildcard constraint; never matches if none)."""
+    names = [d for d in DATASETS if settings(d)["prior"]["kind"] in kinds]
+    return "|".join(names) if names else "(?!)"
 
 
 def launcher(resources):

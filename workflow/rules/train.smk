@@ -9,6 +9,8 @@ rule train_dpm:
         config=lambda wc: train_config(wc.dataset, "dpm"),
     output:
         model=directory("results/{dataset}/dpm/model"),
+    wildcard_constraints:
+        dataset=datasets_with_prior(("native",)),
     log:
         "logs/{dataset}/train_dpm.log",
     benchmark:
@@ -25,6 +27,27 @@ rule train_dpm:
     shell:
         "OMP_NUM_THREADS={threads} {params.launch} train dpm --config {input.config} --out {output.model}"
         " {params.data} --seed 0 --device {params.device} --no-progress > {log} 2>&1"
+
+
+rule import_prior:
+    """A public DPM as PDAE's frozen prior (diffusers UNet2DModel folder or openai ADM checkpoint)."""
+    input:
+        src=lambda wc: settings(wc.dataset)["prior"]["path"],
+    output:
+        model=directory("results/{dataset}/dpm/model"),
+    wildcard_constraints:
+        dataset=datasets_with_prior(("diffusers", "adm")),
+    log:
+        "logs/{dataset}/import_prior.log",
+    params:
+        kind=lambda wc: settings(wc.dataset)["prior"]["kind"],
+        opts=lambda wc: (
+            f"--flags {settings(wc.dataset)['prior'].get('flags', '')!r} --family {settings(wc.dataset)['prior'].get('family', 'guided')}"
+            if settings(wc.dataset)["prior"]["kind"] == "adm"
+            else ""
+        ),
+    shell:
+        "{PY} -m pdae import {params.kind} {input.src} --out {output.model} {params.opts} > {log} 2>&1"
 
 
 rule train_feature_net:

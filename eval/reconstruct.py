@@ -1,0 +1,258 @@
+"""Autoencoding reconstruction (PDAE Table 1, Fig. 6): PDAE, Diff-AE and plain DDIM on a fixed held-out set.
+
+REFERENCE.md §5.1 (protocol and metrics), §1.5-1.7 (DDIM decoding/encoding with the shift, respacing conventions,
+stochastic DDPM decoding). For every image x0 of the evaluation set:
+
+    z = E(x0)                       once (PDAE, Diff-AE; the plain DPM has no z)
+    x_T "random"                    x_T ~ N(0, I), one generator per image (`eval.common.image_noise`)
+    x_T "inferred"                  DDIM inversion of x0 under the same eps / shift (paper Eq. 8),
+                                    with `encode_steps` steps (default: the decode steps, Diff-AE's protocol)
+    reconstruction                  DDIM "ddim<steps>" from x_T under z (shift on for every step), or
+                                    ancestral DDPM over all T steps from a random x_T (sampler "ddpm", Fig. 6)
+
+Method labels: "pdae", "diffae", and "ddim" for the plain DPM. For the DPM, "inferred" is plain DDIM inversion
+then sampling (the paper's DDIM row, latent dim C*H*W); "random" samples from x_T with no z at all (latent dim 0,
+a floor: the output is unrelated to x0 except through the dataset). Metrics per image (SSIM and MSE on [0, 1],
+LPIPS from the metric backend on [-1, 1]), then averaged over the set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from eval import common, metrics
+from eval.sample import PAPER_STEPS, decode, model_device, write_arrays
+from pdae.diffusion.sampling import ddim_invert
+
+# Seed offset of the per-image DDPM noise generators (distinct from the x_T stream of the same seed).
+DDPM_SEED_OFFSET = 700_000
+# Metrics of Table 1, in the paper's column order.
+RECON_METRICS = ("ssim", "lpips", "mse")
+# Method label of each model kind in the `recon` records.
+METHOD_LABELS = {"pdae": "pdae", "diffae": "diffae", "dpm": "ddim"}
+
+NOTES = (
+    "Table 1 protocol (REFERENCE.md 5.1): first num_images held-out images; z = E(x0) once; random x_T per image "
+    "from eval.common.image_noise(seed), shared by all step counts; inferred x_T = DDIM inversion with the shift "
+    "(PDAE) / conditional eps (Diff-AE) / plain eps (ddim) using encode_steps steps (default: the decode steps, as "
+    "Diff-AE's inv<T>; the official PDAE HEAD script encodes with ddim1000 instead); decoding uses the shift on every "
+    "step. 'ddim' random-x_T rows sample the DPM with no code (latent_dim 0). sampler ddpm: ancestral sampling over "
+    "all T steps from random x_T (Fig. 6). Reconstructions are clamped to [-1,1] before the metrics ('current' "
+    "convention and DDPM outputs are not clamped by the sampler); SSIM/MSE on (x+1)/2, LPIPS from the backend."
+)
+
+
+@dataclass(frozen=True)
+class ReconSetting:
+    """One way of reconstructing: x_T mode, decode steps, sampler and (for inferred x_T) the encode steps."""
+
+    x_T: str  # "random" | "inferred"
+    steps: int  # DDIM steps; T with sampler "ddpm"
+    sampler: str = "ddim"  # "ddim" | "ddpm"
+    encode_steps: int | None = None  # inferred x_T only
+
+    @property
+    def label(self) -> str:
+        if self.sampler == "ddpm":
+            return f"DDPM T={self.steps} random x_T"
+        enc = f" enc={self.encode_steps}" if self.x_T == "inferred" else ""
+        return f"DDIM T={self.steps} {self.x_T} x_T{enc}"
+
+
+def recon_settings(
+    steps: list[int], x_T_modes: list[str], encode_steps: int | None, ddpm: bool, T: int
+) -> list[ReconSetting]:
+    """The settings of one run: every (x_T mode, steps) pair, plus DDPM from random x_T if `ddpm`."""
+    for mode in x_T_modes:
+        if mode not in ("random", "inferred"):
+            raise ValueError(f"--x-T: expected random or inferred, got {mode!r}")
+    out = []
+    for mode in x_T_modes:
+        for s in steps:
+            out.append(ReconSetting(mode, int(s), "ddim", (encode_steps or int(s)) if mode == "inferred" else None))
+    if ddpm:
+        out.append(ReconSetting("random", T, "ddpm", None))
+    return out
+
+
+def latent_dim_of(method: Any, x_T_mode: str, image_shape: tuple[int, ...]) -> int:
+    """Table 1 "latent dim": |z| (random x_T), |z| + C*H*W (inferred), C*H*W for inferred plain DDIM, 0 for random."""
+    pixels = math.prod(image_shape)
+    z_dim = int(method.latent_dim) if method.name in ("pdae", "diffae") else 0
+    return z_dim + (pixels if x_T_mode == "inferred" else 0)
+
+
+# DDIM encoding (PDAE Eq. 8), REFERENCE.md §1.5-1.6.
+def infer_x_T(
+    method: Any, x0: Tensor, z: Tensor | None, steps: int, *, convention: str = "paper", batch_size: int = 64
+) -> Tensor:
+    """Inferred x_T [N, C, H, W] (CPU) of images x0 [N, C, H, W] in [-1, 1] by DDIM inversion.
+
+    PDAE: eps_theta with the shift G(x_t, z, t) on every step; Diff-AE: eps(x_t, t, z); plain DPM (z None): eps.
+    """
+    device = model_device(method)
+    if method.name == "dpm" and z is not None:
+        raise ValueError("infer_x_T: a plain DPM takes no z")
+    if method.name in ("pdae", "diffae") and z is None:
+        raise ValueError(f"infer_x_T: method {method.name} needs z = encode(x0)")
+    out = []
+    with torch.no_grad():
+        for i in range(0, x0.shape[0], batch_size):
+            cond = z[i : i + batch_size].to(device) if z is not None else None
+            eps_fn, shift_fn = method.denoiser(cond) if cond is not None else method.denoiser()
+            x = x0[i : i + batch_size].to(device=device, dtype=torch.float32)
+            out.append(ddim_invert(eps_fn, x, method.schedule, steps, convention=convention, shift_fn=shift_fn).cpu())
+    return torch.cat(out)
+
+
+def encode_all(method: Any, x0: Tensor, batch_size: int = 64) -> Tensor | None:
+    """z = E(x0) [N, D] (CPU) for PDAE / Diff-AE, None for the plain DPM."""
+    if method.name == "dpm":
+        return None
+    device = model_device(method)
+    with torch.no_grad():
+        return common.batched(lambda x: method.encode(x.to(device)).float().cpu(), x0, batch_size=batch_size)
+
+
+def ddpm_generators(n: int, seed: int) -> list[torch.Generator]:
+    """One CPU generator per image for DDPM decoding (stream DDPM_SEED_OFFSET)."""
+    return [torch.Generator().manual_seed((seed + DDPM_SEED_OFFSET) * 1_000_003 + i) for i in range(n)]
+
+
+# Per-image Table 1 metrics, REFERENCE.md §5.1.
+def recon_metrics(x0: Tensor, rec: Tensor, backend: Any | None) -> dict[str, Tensor]:
+    """{"ssim", "lpips" (if a backend is given), "mse"} -> float64 [N] each.
+
+    x0, rec: [N, C, H, W] in [-1, 1]; rec is clamped to [-1, 1] first (samplers may overshoot slightly).
+    SSIM and MSE are computed on (x + 1) / 2; LPIPS on [-1, 1] by `backend.lpips`.
+    """
+    rec = rec.clamp(-1.0, 1.0)
+    out = {"ssim": metrics.ssim(metrics.to_unit(x0), metrics.to_unit(rec))}
+    if backend is not None:
+        out["lpips"] = backend.lpips(x0, rec).cpu()
+    out["mse"] = metrics.mse(metrics.to_unit(x0), metrics.to_unit(rec))
+    return out
+
+
+def reconstruct_all(
+    method: Any,
+    x0: Tensor,
+    settings: list[ReconSetting],
+    *,
+    seed: int,
+    convention: str = "paper",
+    batch_size: int = 64,
+) -> dict[ReconSetting, Tensor]:
+    """Reconstructions [N, C, H, W] (CPU) of x0 for every setting; z and each inferred x_T are computed once.
+
+    Image i gets x_T = image_noise(i, seed) (random) and, for DDPM, its own noise generator.
+    """
+    n = x0.shape[0]
+    z = encode_all(method, x0, batch_size)
+    x_T_random = common.image_noise(x0.shape[1:], range(n), seed)
+    inferred: dict[int, Tensor] = {}
+    out = {}
+    for s in settings:
+        if s.sampler == "ddpm":
+            rec = decode(method, z, x_T_random, s.steps, sampler="ddpm", generator=ddpm_generators(n, seed),
+                         batch_size=batch_size)
+        else:
+            if s.x_T == "inferred":
+                if s.encode_steps not in inferred:
+                    inferred[s.encode_steps] = infer_x_T(method, x0, z, s.encode_steps, convention=convention,
+                                                         batch_size=batch_size)
+                x_T = inferred[s.encode_steps]
+            else:
+                x_T = x_T_random
+            rec = decode(method, z, x_T, s.steps, convention=convention, batch_size=batch_size)
+        out[s] = rec
+    return out
+
+
+def recon_records(
+    method: Any, settings_metrics: dict[ReconSetting, dict[str, Tensor]], image_shape: tuple[int, ...], backend: str
+) -> list[dict[str, Any]]:
+    """`recon` rows (record vocabulary of eval_context): one per (setting, metric), value = mean over images."""
+    label = METHOD_LABELS[method.name]
+    prov = common.provenance(method, label)
+    rows = []
+    for s, per_image in settings_metrics.items():
+        cols = dict(table="recon", steps=s.steps, sampler=s.sampler, x_T=s.x_T,
+                    encode_steps=s.encode_steps if s.encode_steps is not None else "-",
+                    latent_dim=latent_dim_of(method, s.x_T, image_shape))
+        for metric in RECON_METRICS:
+            if metric in per_image:
+                rows.append(common.record(prov, metric, float(per_image[metric].mean()), backend, **cols))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI: `python -m eval reconstruct`.
+
+
+def run(args: argparse.Namespace) -> int:
+    from pdae.methods import load_method
+
+    device = common.resolve_device(args.device)
+    method = load_method(args.model, device)
+    if method.name not in METHOD_LABELS:
+        raise ValueError(f"{args.model}: reconstruct needs a pdae, diffae or dpm model, got {method.name!r}")
+    if args.num_images < 1:
+        raise ValueError(f"--num-images must be >= 1, got {args.num_images}")
+    spec = common.data_spec(method, args.data)
+    x0, _, ds = common.eval_images(spec, args.num_images)
+    backend = common.backend_from_args(args, device)
+    # DDPM decoding is Fig. 6's autoencoder experiment; for the plain DPM it would be unconditional sampling.
+    settings = recon_settings(args.steps, args.x_T, args.encode_steps, args.ddpm and method.name != "dpm",
+                              method.schedule.T)
+    recs = reconstruct_all(method, x0, settings, seed=args.seed, convention=args.convention,
+                           batch_size=args.batch_size)
+    per_setting = {s: recon_metrics(x0, rec, backend) for s, rec in recs.items()}
+    rows = recon_records(method, per_setting, tuple(x0.shape[1:]), backend.name)
+    meta = dict(notes=NOTES, convention=args.convention, num_images=int(x0.shape[0]), split="test",
+                encode_steps_rule="same as decode steps" if args.encode_steps is None else int(args.encode_steps),
+                noise_seed=args.seed)
+    common.write_records(args.out, rows, **meta)
+    if args.arrays:
+        k = min(args.grid_images, x0.shape[0])
+        grid = torch.stack([x0[:k]] + [recs[s][:k].clamp(-1.0, 1.0) for s in settings])
+        arrays: dict[str, Any] = {
+            "grid": grid,  # [1 + settings, k, C, H, W]
+            "row_labels": ["original"] + [s.label for s in settings],
+            "col_labels": [f"image {int(j)}" for j in ds.source_indices[:k]],
+            "setting_labels": [s.label for s in settings],
+            "source_indices": torch.as_tensor(ds.source_indices[: x0.shape[0]]),
+        }
+        for metric in RECON_METRICS:
+            if metric in per_setting[settings[0]]:
+                arrays[f"per_image_{metric}"] = torch.stack([per_setting[s][metric] for s in settings])  # [S, N]
+        write_arrays(args.arrays, arrays, **common.provenance(method, METHOD_LABELS[method.name]), table="recon",
+                     backend=backend.name, **meta)
+    return 0
+
+
+def register_cli(subparsers: Any) -> None:
+    p = subparsers.add_parser("reconstruct", help="Table 1: autoencoding reconstruction (SSIM, LPIPS, MSE)")
+    p.add_argument("--model", required=True, help="pdae, diffae or dpm model folder (dpm rows are labelled 'ddim')")
+    p.add_argument("--steps", type=int, nargs="+", default=list(PAPER_STEPS), help="DDIM decode steps")
+    p.add_argument("--x-T", dest="x_T", nargs="+", default=["random", "inferred"], choices=("random", "inferred"))
+    p.add_argument("--encode-steps", type=int, default=None,
+                   help="DDIM inversion steps for inferred x_T (default: the decode steps, Diff-AE's protocol)")
+    p.add_argument("--ddpm", action="store_true", help="also stochastic DDPM decoding from random x_T (Fig. 6)")
+    p.add_argument("--convention", choices=("paper", "current"), default="paper", help="DDIM respacing (REFERENCE 1.6)")
+    p.add_argument("--num-images", type=int, default=64, help="first N held-out images")
+    p.add_argument("--out", required=True, help="records JSON")
+    p.add_argument("--arrays", default=None, help="NPZ: reconstruction grid and per-image metrics")
+    p.add_argument("--grid-images", type=int, default=8, help="columns of the reconstruction grid")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (per-image generators)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--data", default=None, help="dataset spec YAML (default: the model's training data)")
+    common.add_backend_args(p)
+    p.set_defaults(func=run)

@@ -1,0 +1,379 @@
+"""Unconditional sampling through the latent DPM (PDAE Table 2) and the reusable decode / latent-sampling steps.
+
+REFERENCE.md §5.7 (protocol) and §1.8 (latent DPM): z_T ~ N(0, I) (clamped to [-1, 1] iff the latent DPM was
+trained with `clip_latent`, as PDAE's code; Diff-AE does not clamp), latent DDIM with the same "ddimN" as the
+image decoder (predicted normalised z_0 clamped iff `clip_latent`), denormalise, then DDIM decoding from
+x_T ~ N(0, I) with PDAE's shift switched off for the last 30% of the steps (`stop_fraction`; paper §4.8).
+The plain DPM rows ("ddim") are DDIM sampling from x_T alone.
+
+Public functions (imported by the few-shot and truncation evaluations; keep their signatures stable):
+
+    sample_latents(latent, n, steps, generator=None, *, z_T=None, convention, batch_size) -> raw z [n, D]
+    decode(method, z, x_T, steps, stop_fraction=0.0, *, ...)                            -> images [N, C, H, W]
+    latent_noise / image_shape / model_device / write_arrays                            helpers
+
+Noise is drawn per sample (`eval.common.image_noise`), so sample i is the same whatever the batch size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from eval import common
+from pdae.diffusion.sampling import ddim_sample, ddpm_sample
+
+# Seed offset of the latent noise stream z_T, so that z_T and x_T of one seed never share a generator.
+LATENT_SEED_OFFSET = 500_000
+# Default fraction of the last sampling steps run without PDAE's shift (paper §4.8, REFERENCE.md §1.5).
+DEFAULT_STOP_FRACTION = 0.3
+# Paper's DDIM step counts (Table 1 and Table 2).
+PAPER_STEPS = (10, 20, 50, 100)
+# Methods `uncond` writes rows for (REFERENCE.md §5.7; record vocabulary `uncond`).
+UNCOND_METHODS = ("ddim", "diffae", "pdae")
+
+NOTES_UNCOND = (
+    "Table 2 protocol (REFERENCE.md 5.7): z_T ~ N(0,I), clamped to [-1,1] iff the latent DPM has clip_latent "
+    "(PDAE code) together with its predicted normalised z_0; latent DDIM and image DDIM use the same ddimN; "
+    "PDAE's shift is off for the last stop_fraction of the image DDIM steps; 'ddim' rows sample the plain DPM. "
+    "Reference statistics: the first num_images training images (Diff-AE's choice; the paper says randomly "
+    "selected). FID/KID come from the named metric backend."
+)
+
+
+# ------------------------------------------------------------------------------------------------
+# Helpers shared by the sampling evaluations.
+
+
+def model_device(method: torch.nn.Module) -> torch.device:
+    """The device of a method's parameters (CPU for a parameter-free module)."""
+    for p in method.parameters():
+        return p.device
+    for b in method.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def image_shape(method: Any, override: str | None = None) -> tuple[int, int, int]:
+    """(C, H, W) of the images a model was trained on, from its data spec (see `eval.common.data_spec`)."""
+    from pdae.data import resolve_spec
+
+    spec = resolve_spec(common.data_spec(method, override))
+    return int(spec["channels"]), int(spec["image_size"]), int(spec["image_size"])
+
+
+def latent_noise(n: int, dim: int, seed: int, start: int = 0) -> Tensor:
+    """z_T ~ N(0, I) for samples start .. start+n-1, one generator per sample (stream LATENT_SEED_OFFSET).
+
+    Returns:
+        [n, dim] float32 (CPU)
+    """
+    return common.image_noise((dim,), range(start, start + n), seed + LATENT_SEED_OFFSET)
+
+
+def _check_steps(steps: int) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+
+
+# ------------------------------------------------------------------------------------------------
+# The two sampling stages.
+
+
+# Latent DDIM (REFERENCE.md §1.8): z_T -> normalised z_0 -> denormalised z.
+def sample_latents(
+    latent: Any,
+    n: int,
+    steps: int,
+    generator: torch.Generator | None = None,
+    *,
+    z_T: Tensor | None = None,
+    convention: str = "paper",
+    batch_size: int = 1024,
+) -> Tensor:
+    """Raw (denormalised) semantic latents from a latent DPM (`pdae.methods.LatentDPM`).
+
+    z_T ~ N(0, I) ([n, D]; from `generator`, a CPU generator, unless `z_T` is given) is clamped to [-1, 1] iff
+    `latent.method_kwargs["clip_latent"]`; deterministic DDIM with "ddim<steps>" (`convention`, REFERENCE.md §1.6)
+    clamps the predicted normalised z_0 iff clip_latent (PDAE's quirk, §7.1 #2); the result is denormalised with the
+    latent DPM's dataset statistics.
+
+    Returns:
+        z  # [n, D] float32 on the latent DPM's device
+    """
+    if getattr(latent, "name", None) != "latent":
+        got = getattr(latent, "name", type(latent).__name__)
+        raise ValueError(f"sample_latents needs a latent DPM, got method {got!r}")
+    _check_steps(steps)
+    dim = int(latent.stats.mean.shape[0])
+    if z_T is None:
+        if generator is None:
+            raise ValueError("sample_latents: pass a generator or z_T")
+        if n < 1:
+            raise ValueError(f"sample_latents: n must be >= 1, got {n}")
+        z_T = torch.randn((n, dim), generator=generator, device=generator.device)
+    if z_T.ndim != 2 or z_T.shape != (n, dim):
+        raise ValueError(f"z_T must be [n, {dim}] = [{n}, {dim}], got {tuple(z_T.shape)}")
+    clip = bool(latent.method_kwargs.get("clip_latent", False))
+    device = model_device(latent)
+    z_T = z_T.to(device=device, dtype=torch.float32)
+    if clip:
+        z_T = z_T.clamp(-1.0, 1.0)
+    eps_fn, _ = latent.denoiser()
+    out = []
+    with torch.no_grad():
+        for i in range(0, z_T.shape[0], batch_size):
+            z0 = ddim_sample(eps_fn, z_T[i : i + batch_size], latent.schedule, steps, convention=convention,
+                             clip_x0=clip)
+            out.append(latent.stats.denormalize(z0))
+    return torch.cat(out)
+
+
+# Image decoding of any method (REFERENCE.md §1.5-1.7): DDIM (or DDPM) from x_T under the method's eps / shift.
+def decode(
+    method: Any,
+    z: Tensor | None,
+    x_T: Tensor,
+    steps: int,
+    stop_fraction: float = 0.0,
+    *,
+    convention: str = "paper",
+    shift_scale: float = 1.0,
+    sampler: str = "ddim",
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    batch_size: int = 64,
+) -> Tensor:
+    """Decode x_T ([N, C, H, W]) under condition z with `method` ("dpm", "pdae", "pdae_class" or "diffae").
+
+    - dpm: plain DDIM (z must be None); pdae: eps_theta and the shift G(x_t, z, t) (paper Eq. 6), the shift off
+      for the last int(stop_fraction * N) steps; pdae with z None: the frozen prior alone; pdae_class: z holds
+      int64 labels [N] and `shift_scale` scales G (truncation-like effect, §5.8); diffae: its conditional eps.
+    - sampler "ddim": deterministic, x0_hat clamped to [-1, 1] each step (official); `steps` = "ddim<steps>".
+      sampler "ddpm": ancestral over all T steps (`steps` ignored), noise from `generator` (one, or one per sample
+      so a sample does not depend on the batch), no clipping (REFERENCE.md §1.7).
+
+    Returns:
+        images  # [N, C, H, W] float32 on the CPU ("paper" DDIM: in [-1, 1]; "current"/DDPM may overshoot)
+    """
+    name = getattr(method, "name", None)
+    if name not in ("dpm", "pdae", "pdae_class", "diffae"):
+        raise ValueError(f"decode: method {name!r} is not an image decoder (dpm, pdae, pdae_class, diffae)")
+    if sampler not in ("ddim", "ddpm"):
+        raise ValueError(f"decode: sampler must be ddim or ddpm, got {sampler!r}")
+    if sampler == "ddim":
+        _check_steps(steps)
+    if name == "dpm" and z is not None:
+        raise ValueError("decode: a plain DPM takes no condition z (pass z=None)")
+    if name in ("diffae", "pdae_class") and z is None:
+        raise ValueError(f"decode: method {name} needs a condition z")
+    if z is not None and z.shape[0] != x_T.shape[0]:
+        raise ValueError(f"decode: z has {z.shape[0]} rows but x_T has {x_T.shape[0]}")
+    if sampler == "ddpm" and generator is not None and not isinstance(generator, torch.Generator):
+        if len(generator) != x_T.shape[0]:
+            raise ValueError(f"decode: {len(generator)} generators for {x_T.shape[0]} samples")
+    device = model_device(method)
+    out = []
+    with torch.no_grad():
+        for i in range(0, x_T.shape[0], batch_size):
+            sl = slice(i, i + batch_size)
+            cond = z[sl].to(device) if z is not None else None
+            eps_fn, shift_fn = method.denoiser(cond) if cond is not None else method.denoiser()
+            x = x_T[sl].to(device=device, dtype=torch.float32)
+            if sampler == "ddim":
+                x0 = ddim_sample(eps_fn, x, method.schedule, steps, convention=convention, shift_fn=shift_fn,
+                                 stop_fraction=stop_fraction, shift_scale=shift_scale)
+            else:
+                gen = generator if generator is None or isinstance(generator, torch.Generator) else generator[sl]
+                x0 = ddpm_sample(eps_fn, x, method.schedule, shift_fn=shift_fn, stop_fraction=stop_fraction,
+                                 shift_scale=shift_scale, generator=gen)
+            out.append(x0.float().cpu())
+    return torch.cat(out)
+
+
+# One unconditional sample set (REFERENCE.md §5.7): latent DPM -> z -> shifted DDIM; or the plain DPM.
+def sample_unconditional(
+    decoder: Any,
+    latent: Any | None,
+    n: int,
+    steps: int,
+    *,
+    seed: int,
+    stop_fraction: float = DEFAULT_STOP_FRACTION,
+    convention: str = "paper",
+    batch_size: int = 64,
+    shape: tuple[int, int, int] | None = None,
+) -> Tensor:
+    """n samples [n, C, H, W] (CPU). Sample i uses x_T = image_noise(i, seed) and z_T = latent_noise(i, seed).
+
+    `decoder` is a plain DPM (then `latent` must be None and `stop_fraction` is irrelevant) or a PDAE / Diff-AE
+    autoencoder with its latent DPM. `shape` defaults to the decoder's training images (`image_shape`).
+    """
+    shape = shape or image_shape(decoder)
+    x_T = common.image_noise(shape, range(n), seed)
+    if decoder.name == "dpm":
+        if latent is not None:
+            raise ValueError("a plain DPM samples without a latent DPM")
+        return decode(decoder, None, x_T, steps, convention=convention, batch_size=batch_size)
+    if latent is None:
+        raise ValueError(f"method {decoder.name} needs its latent DPM (--latent DIR)")
+    z_T = latent_noise(n, int(latent.stats.mean.shape[0]), seed)
+    z = sample_latents(latent, n, steps, z_T=z_T, convention=convention, batch_size=max(batch_size, 256))
+    return decode(decoder, z, x_T, steps, stop_fraction, convention=convention, batch_size=batch_size)
+
+
+# ------------------------------------------------------------------------------------------------
+# Array files for figures.
+
+
+def write_arrays(path: str | os.PathLike, arrays: dict[str, Any], **meta: Any) -> Path:
+    """Write named arrays to `path` (.npz, atomically) and provenance `meta` to the JSON sidecar `<path>.json`.
+
+    Lists of strings (e.g. `row_labels`) are stored as numpy string arrays; tensors as numpy arrays.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out: dict[str, np.ndarray] = {}
+    for key, value in arrays.items():
+        if isinstance(value, Tensor):
+            value = value.detach().cpu().numpy()
+        elif isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+            value = np.array(value, dtype=str)
+        out[key] = np.asarray(value)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.savez(f, **out)
+    os.replace(tmp, path)
+    common.write_json_atomic(sidecar_path(path), {"arrays": sorted(out), **meta})
+    return path
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """The provenance JSON next to an array file: `x.npz` -> `x.npz.json`."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI: `python -m eval ref-stats` and `python -m eval uncond`.
+
+
+def _images_subset(spec: dict[str, Any], count: int, split: str) -> Any:
+    from torch.utils.data import Subset
+
+    from pdae.data import build_dataset
+
+    ds = build_dataset(spec, split=split)
+    n = min(count, len(ds))
+    return Subset(ds, range(n)), ds
+
+
+def run_ref_stats(args: argparse.Namespace) -> int:
+    """Reference feature statistics of the first --num-images training images (REFERENCE.md §5.7)."""
+    from eval.fid import compute_reference_stats
+    from pdae.methods import load_method
+
+    device = common.resolve_device(args.device)
+    if args.model is None and args.data is None:
+        raise ValueError("ref-stats: pass --model DIR (its training data) or --data SPEC.yaml")
+    spec = common.data_spec(load_method(args.model, "cpu") if args.model else None, args.data)
+    images, ds = _images_subset(spec, args.num_images, args.split)
+    backend = common.backend_from_args(args, device)
+    compute_reference_stats(
+        images, backend, args.out, batch_size=args.batch_size, cuda=device.type == "cuda",
+        meta={"dataset": spec.get("name"), "split": args.split, "data": spec,
+              "source_indices": [int(j) for j in ds.source_indices[: len(images)]]},
+    )
+    return 0
+
+
+def run_uncond(args: argparse.Namespace) -> int:
+    """Table 2 rows: FID (+KID) of unconditional samples at each DDIM step count (REFERENCE.md §5.7)."""
+    from eval.fid import compute_fid
+    from pdae.methods import load_method
+
+    device = common.resolve_device(args.device)
+    if (args.dpm is None) == (args.autoencoder is None):
+        raise ValueError("uncond: pass either --dpm DIR or --autoencoder DIR --latent DIR")
+    if args.dpm is not None:
+        decoder, latent = load_method(args.dpm, device), None
+        if decoder.name != "dpm":
+            raise ValueError(f"{args.dpm}: --dpm must be a plain DPM, got method {decoder.name!r}")
+        label = "ddim"
+    else:
+        if args.latent is None:
+            raise ValueError("uncond: --autoencoder needs --latent DIR (its latent DPM)")
+        decoder, latent = load_method(args.autoencoder, device), load_method(args.latent, device)
+        if decoder.name not in ("pdae", "diffae"):
+            raise ValueError(f"{args.autoencoder}: --autoencoder must be pdae or diffae, got {decoder.name!r}")
+        if latent.name != "latent":
+            raise ValueError(f"{args.latent}: --latent must be a latent DPM, got {latent.name!r}")
+        label = decoder.name
+    backend = common.backend_from_args(args, device)
+    shape = image_shape(decoder, args.data)
+    prov = common.provenance(decoder, label)
+    rows, grid, row_labels = [], [], []
+    for steps in args.steps:
+        samples = sample_unconditional(decoder, latent, args.num_samples, steps, seed=args.seed,
+                                       stop_fraction=args.stop_fraction, convention=args.convention,
+                                       batch_size=args.batch_size, shape=shape)
+        samples = samples.clamp(-1.0, 1.0)
+        res = compute_fid(samples, args.ref_stats, backend, kid=not args.no_kid, batch_size=args.batch_size,
+                          cuda=device.type == "cuda")
+        cols = dict(table="uncond", steps=steps)
+        rows.append(common.record(prov, "fid", res["fid"], backend.name, **cols))
+        if not args.no_kid:
+            rows.append(common.record(prov, "kid", res["kid_mean"], backend.name, **cols))
+        grid.append(samples[: args.grid_samples])
+        row_labels.append(f"{label} T={steps}")
+    meta = dict(notes=NOTES_UNCOND, convention=args.convention, num_samples=args.num_samples,
+                stop_fraction=args.stop_fraction if label != "ddim" else "-", ref_stats=str(args.ref_stats),
+                latent=str(args.latent) if latent is not None else "-",
+                clip_latent=bool(latent.method_kwargs.get("clip_latent", False)) if latent is not None else "-")
+    common.write_records(args.out, rows, **meta)
+    if args.arrays:
+        grid_t = torch.stack(grid)  # [steps, k, C, H, W]
+        write_arrays(args.arrays, {"grid": grid_t, "row_labels": row_labels,
+                                   "col_labels": [f"sample {i}" for i in range(grid_t.shape[1])]},
+                     **prov, table="uncond", seed_noise=args.seed, **meta)
+    return 0
+
+
+def _common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=0, help="noise seed (per-sample generators)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--data", default=None, help="dataset spec YAML (default: the model's training data)")
+    common.add_backend_args(p)
+
+
+def register_cli(subparsers: Any) -> None:
+    p = subparsers.add_parser("ref-stats", help="reference FID/KID feature statistics of real training images")
+    p.add_argument("--model", default=None, help="any model folder trained on the dataset (for its data spec)")
+    p.add_argument("--num-images", type=int, default=1000, help="first N images of the split (default 1000)")
+    p.add_argument("--split", choices=("train", "test", "all"), default="train")
+    p.add_argument("--out", required=True, help="statistics file (.npz)")
+    _common_args(p)
+    p.set_defaults(func=run_ref_stats)
+
+    p = subparsers.add_parser("uncond", help="Table 2: unconditional sampling FID via the latent DPM")
+    p.add_argument("--dpm", default=None, help="plain DPM folder (rows 'ddim')")
+    p.add_argument("--autoencoder", default=None, help="PDAE or Diff-AE folder (with --latent)")
+    p.add_argument("--latent", default=None, help="latent DPM folder trained on the autoencoder's z")
+    p.add_argument("--steps", type=int, nargs="+", default=list(PAPER_STEPS), help="DDIM steps (latent and image)")
+    p.add_argument("--num-samples", type=int, default=256, help="samples per step count (paper: 50k)")
+    p.add_argument("--stop-fraction", type=float, default=DEFAULT_STOP_FRACTION,
+                   help="last fraction of image DDIM steps without PDAE's shift (paper: 0.3)")
+    p.add_argument("--convention", choices=("paper", "current"), default="paper")
+    p.add_argument("--ref-stats", required=True, help="file from `ref-stats` (same backend)")
+    p.add_argument("--no-kid", action="store_true", help="skip KID")
+    p.add_argument("--out", required=True, help="records JSON")
+    p.add_argument("--arrays", default=None, help="NPZ of a few samples per step count (grid)")
+    p.add_argument("--grid-samples", type=int, default=8)
+    _common_args(p)
+    p.set_defaults(func=run_uncond)

@@ -1,0 +1,664 @@
+"""Published diffusion models as PDAE's frozen prior: diffusers `UNet2DModel` folders and openai ADM checkpoints.
+
+PDAE adapts *any* pre-trained eps-prediction DPM (Zhang, Zhao & Lin, NeurIPS 2022, Sec. 3.3); the gradient
+estimator only needs a `FrozenPrior` (pdae/nets/prior.py). This module provides two more of them and one
+entry point:
+
+  DiffusersPrior   a diffusers `UNet2DModel` (google/ddpm-cifar10-32, ddpm-celebahq-256, ...), split at its
+                   middle block: its own time projection and embedding (diffusers' sinusoid convention, not
+                   ADM's), class embedding, conv_in and down blocks; then mid block, up blocks, norm/act/conv_out.
+  AdmUNet          our ADM `UNet` plus the options of openai guided-diffusion / improved-diffusion checkpoints
+                   (conv up/down-sampling, additive time embedding, `num_heads_upsample`, rescaled time);
+                   their state-dict keys load unchanged.
+  load_prior       kind "native" | "diffusers" | "adm" + path -> `DPM(prior, schedule)`, the object
+                   `pdae.methods.build_method("pdae", ..., prior=...)` takes.
+
+What follows the prior, and why (issue 7, REFERENCE.md 1.3-1.7):
+
+- The schedule is the prior's own: diffusers `scheduler/scheduler_config.json` (`beta_schedule` linear,
+  scaled_linear or squaredcos_cap_v2, `beta_start/end`, `num_train_timesteps`, or `trained_betas`), ADM
+  `--noise_schedule/--diffusion_steps` (guided-diffusion's linear betas are scaled by 1000/T). `load_prior`
+  returns it as `DPM.schedule`, and `build_method` hands `prior.schedule` to PDAE, so everything that
+  depends on t is computed from that schedule's alpha_bar: the shift coefficient and lambda_t (paper
+  Eq. 7, 10), t ~ U{0, ..., T-1} in training, the DDIM respacing over the prior's T (ddim100 on T = 4000
+  is stride 40), and `stop_fraction` (a fraction of the steps run, not a timestep index). Training and
+  sampling read the same table, so they use the same shift coefficient.
+- Time as the network sees it: the loss and the samplers pass original integer indices t in {0..T-1}.
+  An ADM prior trained with `rescale_timesteps` saw t * 1000 / T (guided-diffusion `_WrappedModel`);
+  `AdmUNet.time_scale` applies that inside `encode_features`, so no caller changes. A diffusers prior is
+  given t as a tensor (diffusers turns a Python number into an int64 tensor, which cuts a float).
+- Learned variance (raw output 2C channels: eps, then the variance interpolation v): only the eps
+  channels are used (`FrozenPrior.eps_from_output`). The shift is Eq. 7 with Sigma = the posterior
+  variance beta-tilde ("fixed small"), not the learned Sigma_theta: the coefficient must be a fixed
+  function of t, identical in training and in sampling, and must not depend on the frozen network's
+  output (with Sigma_theta it would change with x_t, and G would be trained for one coefficient and
+  sampled with another). The official code makes the same choice (its learned-sigma coefficient is
+  commented out, REFERENCE.md 2.3). DDIM encoding and decoding never use the variance; DDPM ancestral
+  sampling (`ddpm_sample`) uses the fixed-small variance.
+
+Weights are never unpickled with code execution: safetensors, or `.bin`/`.pt` through
+`pdae.checkpoint.safe_torch_load`. Every bad input is a one-line `CheckpointError`/`ValueError`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pdae.checkpoint import CheckpointError, load_state_dict_strict, safe_torch_load
+from pdae.diffusion.schedule import Schedule
+from pdae.nets.layers import AttentionBlock, ResBlock
+from pdae.nets.prior import FeatureLayout, FrozenPrior, PriorFeatures
+from pdae.nets.unet import UNet
+
+__all__ = [
+    "ADM_FAMILIES",
+    "PRIOR_KINDS",
+    "AdditiveResBlock",
+    "AdmUNet",
+    "ConvDownsample",
+    "ConvUpsample",
+    "DiffusersPrior",
+    "adm_options",
+    "adm_schedule",
+    "adm_unet_kwargs",
+    "diffusers_schedule",
+    "import_prior",
+    "load_adm_prior",
+    "load_diffusers_prior",
+    "load_prior",
+]
+
+PRIOR_KINDS = ("native", "diffusers", "adm")
+
+# ---------------------------------------------------------------------------------------------------
+# diffusers UNet2DModel.
+
+# Block types whose layout is ADM's: per level `layers_per_block` resnets (+ attention) each giving one
+# skip, a downsampler giving one more (all but the last level); up blocks have layers_per_block + 1 resnets.
+_DIFFUSERS_DOWN = ("DownBlock2D", "AttnDownBlock2D", "ResnetDownsampleBlock2D")
+_DIFFUSERS_UP = ("UpBlock2D", "AttnUpBlock2D", "ResnetUpsampleBlock2D")
+_DIFFUSERS_TIME = ("positional", "learned")
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+# Attention parameter names of diffusers < 0.14 (published google/ddpm-* weights) -> current names.
+_LEGACY_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+
+
+def _import_diffusers() -> Any:
+    try:
+        import diffusers
+    except ImportError:
+        raise ValueError(
+            "diffusers priors need the optional dependency diffusers (pip install 'pdae-bench[diffusers]')"
+        ) from None
+    return diffusers
+
+
+def _json_value(value: Any) -> Any:
+    return [_json_value(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def _check_diffusers_config(cfg: Mapping[str, Any]) -> None:
+    """One-line ValueError for a UNet2DModel configuration whose layout the new decoder cannot follow."""
+    where = "DiffusersPrior"
+    kind = cfg.get("time_embedding_type", "positional")
+    if kind not in _DIFFUSERS_TIME:
+        raise ValueError(f"{where}: time_embedding_type={kind!r} unsupported (score-SDE models); expected {_DIFFUSERS_TIME}")
+    for key, allowed in (("down_block_types", _DIFFUSERS_DOWN), ("up_block_types", _DIFFUSERS_UP)):
+        bad = [b for b in cfg.get(key, ()) if b not in allowed]
+        if bad:
+            raise ValueError(f"{where}: {key} {bad} unsupported; expected blocks among {allowed}")
+    c_in, c_out = cfg.get("in_channels", 3), cfg.get("out_channels", 3)
+    if c_out not in (c_in, 2 * c_in):
+        raise ValueError(f"{where}: out_channels={c_out} must be in_channels ({c_in}) or twice it (learned variance)")
+
+
+def diffusers_layout(cfg: Mapping[str, Any], emb_dim: int) -> FeatureLayout:
+    """The `FeatureLayout` of a UNet2DModel configuration (ADM's layout, REFERENCE.md 2.1).
+
+    Skips in encoder order: conv_in (ds 1); per level i, `layers_per_block` resnet outputs (ds 2^i) and,
+    except for the last level, the downsampler output (ds 2^(i+1)); channels = block_out_channels[i].
+    `block_out_channels` is written as base * channel_mult with base = their gcd. Attention in the new
+    decoder follows the prior's up path (levels with an `Attn*` up block), with diffusers' head width
+    (`attention_head_dim`; None = one head).
+    """
+    chans = tuple(int(c) for c in cfg["block_out_channels"])
+    per_level = int(cfg["layers_per_block"])
+    levels = len(chans)
+    base = math.gcd(*chans)
+    skip_channels, skip_ds = [chans[0]], [1]
+    for level, ch in enumerate(chans):
+        skip_channels += [ch] * per_level
+        skip_ds += [2**level] * per_level
+        if level < levels - 1:
+            skip_channels.append(ch)
+            skip_ds.append(2 ** (level + 1))
+    up_types = list(cfg["up_block_types"])
+    attention_ds = sorted(2 ** (levels - 1 - i) for i, kind in enumerate(up_types) if kind.startswith("Attn"))
+    head_dim = cfg.get("attention_head_dim")
+    return FeatureLayout(
+        in_channels=int(cfg["in_channels"]),
+        out_channels=int(cfg["out_channels"]),
+        base_channels=base,
+        channel_mult=tuple(ch // base for ch in chans),
+        num_res_blocks=per_level,
+        attention_ds=tuple(attention_ds),
+        num_heads=1,
+        head_channels=-1 if head_dim is None else int(head_dim),
+        new_attention_order=False,
+        dropout=float(cfg.get("dropout", 0.0)),
+        emb_dim=int(emb_dim),
+        middle_channels=chans[-1],
+        skip_channels=tuple(skip_channels),
+        skip_ds=tuple(skip_ds),
+    )
+
+
+class DiffusersPrior(FrozenPrior):
+    """A diffusers `UNet2DModel` (eps prediction) split at its middle block.
+
+    `decode_features(encode_features(x, t, y))` runs exactly the operations of `UNet2DModel.forward`, in
+    the same order, so it equals the wrapped model's `self.unet(x, t, y).sample` bit for bit. Parameters
+    live under `unet.` (model folders store them as `prior.unet.*`).
+
+    :param unet_config: the `unet/config.json` mapping (keys starting with "_" are ignored).
+    """
+
+    def __init__(self, unet_config: Mapping[str, Any]) -> None:
+        super().__init__()
+        diffusers = _import_diffusers()
+        if not isinstance(unet_config, Mapping):
+            raise ValueError(f"DiffusersPrior: unet_config must be a mapping, got {type(unet_config).__name__}")
+        class_name = unet_config.get("_class_name", "UNet2DModel")
+        if class_name != "UNet2DModel":
+            raise ValueError(f"DiffusersPrior: expected a UNet2DModel config, got _class_name={class_name!r}")
+        _check_diffusers_config(unet_config)
+        public = {k: v for k, v in unet_config.items() if not k.startswith("_")}
+        self.unet = diffusers.UNet2DModel.from_config(public)
+        cfg = self.unet.config
+        self.config: dict[str, Any] = {
+            "unet_config": {k: _json_value(v) for k, v in cfg.items() if not k.startswith("_")}
+        }
+        self._layout = diffusers_layout(cfg, self.unet.time_embedding.linear_2.out_features)
+
+    @classmethod
+    def from_unet(cls, unet: nn.Module) -> DiffusersPrior:
+        """Wrap an in-memory UNet2DModel (its config and a copy of its weights)."""
+        prior = cls(dict(unet.config))
+        prior.unet.load_state_dict(unet.state_dict())
+        return prior
+
+    def feature_layout(self) -> FeatureLayout:
+        return self._layout
+
+    def encode_features(
+        self, x_t: torch.Tensor, t: torch.Tensor | float, y: torch.Tensor | None = None
+    ) -> PriorFeatures:
+        """Time (+ class) embedding, conv_in, down blocks. x_t: [N, C, H, W]; t: [N] or scalar; y: [N]."""
+        unet = self.unet
+        if unet.config.center_input_sample:
+            x_t = 2 * x_t - 1.0
+        if not torch.is_tensor(t):
+            t = torch.tensor([t], dtype=torch.long, device=x_t.device)
+        elif t.ndim == 0:
+            t = t[None].to(x_t.device)
+        t = t * torch.ones(x_t.shape[0], dtype=t.dtype, device=t.device)  # [N], as UNet2DModel.forward
+        emb = unet.time_embedding(unet.time_proj(t).to(dtype=unet.dtype))  # [N, E]
+        if unet.class_embedding is not None:
+            if y is None:
+                raise ValueError("DiffusersPrior: class-conditional UNet2DModel needs labels y")
+            labels = unet.time_proj(y) if unet.config.class_embed_type == "timestep" else y
+            emb = emb + unet.class_embedding(labels).to(dtype=unet.dtype)
+        elif y is not None:
+            raise ValueError("DiffusersPrior: got labels y but the UNet2DModel has no class embedding")
+        h = unet.conv_in(x_t)
+        skips = [h]
+        for block in unet.down_blocks:
+            h, res = block(hidden_states=h, temb=emb)
+            skips.extend(res)
+        return PriorFeatures(h=h, skips=skips, emb=emb)
+
+    def decode_features(self, feats: PriorFeatures) -> torch.Tensor:
+        """Mid block, up blocks (each takes its last len(resnets) skips), norm, act, conv_out -> [N, C_out, H, W]."""
+        unet = self.unet
+        h = feats.h
+        if unet.mid_block is not None:
+            h = unet.mid_block(h, feats.emb)
+        skips = list(feats.skips)
+        for block in unet.up_blocks:
+            n = len(block.resnets)
+            res, skips = tuple(skips[-n:]), skips[:-n]
+            h = block(h, res, feats.emb)
+        return unet.conv_out(unet.conv_act(unet.conv_norm_out(h)))
+
+    def forward(
+        self, x_t: torch.Tensor, t: torch.Tensor | float, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Raw output [N, C_out, H, W] (= `unet(x_t, t, y).sample`)."""
+        return self.decode_features(self.encode_features(x_t, t, y))
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+
+
+def diffusers_schedule(sched: Mapping[str, Any], where: str = "scheduler_config.json") -> Schedule:
+    """The prior's training schedule from a diffusers scheduler config (defaults as `DDPMScheduler`).
+
+    linear: linspace(beta_start, beta_end, T); scaled_linear: linspace(sqrt(start), sqrt(end), T)^2;
+    squaredcos_cap_v2: the cosine schedule (s = 0.008, max_beta 0.999, = our "cosine"); `trained_betas`
+    wins when set. Tables are float64 (diffusers builds float32 betas; the original DDPM code float64).
+    """
+    pred = sched.get("prediction_type", "epsilon")
+    if pred != "epsilon":
+        raise ValueError(f"{where}: prediction_type={pred!r} unsupported; PDAE needs an eps-prediction prior (epsilon)")
+    if sched.get("rescale_betas_zero_snr"):
+        raise ValueError(f"{where}: rescale_betas_zero_snr=true unsupported")
+    T = sched.get("num_train_timesteps", 1000)
+    if sched.get("trained_betas") is not None:
+        return Schedule(torch.tensor(sched["trained_betas"], dtype=torch.float64))
+    kind = sched.get("beta_schedule", "linear")
+    start, end = float(sched.get("beta_start", 1e-4)), float(sched.get("beta_end", 0.02))
+    if kind == "linear":
+        return Schedule.from_name("linear", T, start=start, end=end)
+    if kind == "scaled_linear":
+        return Schedule(torch.from_numpy(np.linspace(start**0.5, end**0.5, T, dtype=np.float64)) ** 2)
+    if kind == "squaredcos_cap_v2":
+        return Schedule.from_name("cosine", T)
+    raise ValueError(f"{where}: beta_schedule={kind!r} unsupported; expected linear, scaled_linear or squaredcos_cap_v2")
+
+
+def _rename_legacy_attention(sd: Mapping[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
+    """Map diffusers < 0.14 attention names (query/key/value/proj_attn) to the current ones, where they fit."""
+    out = {}
+    for key, value in sd.items():
+        module, _, leaf = key.rpartition(".")
+        parent, _, name = module.rpartition(".")
+        new = f"{parent}.{_LEGACY_ATTENTION[name]}.{leaf}" if name in _LEGACY_ATTENTION else key
+        out[new if key not in expected and new in expected else key] = value
+    return out
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A flat state dict from safetensors, or from a pickle read without executing code."""
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({str(exc).splitlines()[0]})") from None
+    sd = safe_torch_load(path)
+    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{path}: expected a flat state dict of tensors")
+    return dict(sd)
+
+
+def load_diffusers_prior(folder: str | Path) -> tuple[DiffusersPrior, Schedule]:
+    """(prior, schedule) from a diffusers pipeline folder as published on the Hub.
+
+    Layout: `model_index.json` (its "unet" entry must be a UNet2DModel), `unet/config.json`,
+    `unet/diffusion_pytorch_model.safetensors` (or `.bin`), `scheduler/scheduler_config.json`.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: not a diffusers folder (it {'is a file' if folder.exists() else 'does not exist'})")
+    index = folder / "model_index.json"
+    if index.is_file():
+        entry = _read_json(index).get("unet")
+        if not (isinstance(entry, list) and len(entry) == 2):
+            raise CheckpointError(f"{index}: no 'unet' component")
+        if entry[1] != "UNet2DModel":
+            raise CheckpointError(f"{index}: unet is a {entry[1]}; only UNet2DModel priors are supported")
+    unet_dir = folder / "unet"
+    config_path, sched_path = unet_dir / "config.json", folder / "scheduler" / "scheduler_config.json"
+    unet_config, sched_config = _read_json(config_path), _read_json(sched_path)
+    try:
+        schedule = diffusers_schedule(sched_config, str(sched_path))
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+    weights = next((unet_dir / name for name in WEIGHT_FILES if (unet_dir / name).is_file()), None)
+    if weights is None:
+        raise CheckpointError(f"{unet_dir}: no weights (expected one of {', '.join(WEIGHT_FILES)}; sharded weights unsupported)")
+    sd = _read_weights(weights)
+    try:
+        prior = DiffusersPrior(unet_config)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{config_path}: {str(exc).splitlines()[0]}") from None
+    load_state_dict_strict(prior.unet, _rename_legacy_attention(sd, set(prior.unet.state_dict())), str(weights))
+    return prior.eval(), schedule
+
+
+# ---------------------------------------------------------------------------------------------------
+# openai ADM (guided-diffusion, improved-diffusion).
+
+
+class ConvDownsample(nn.Module):
+    """ADM `Downsample(use_conv=True)`: Conv3x3 stride 2 (key `op`). x: [N, C, H, W] -> [N, C, H/2, W/2]."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
+
+
+class ConvUpsample(nn.Module):
+    """ADM `Upsample(use_conv=True)`: nearest x2, Conv3x3 (key `conv`). x: [N, C, H, W] -> [N, C, 2H, 2W]."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class AdditiveResBlock(ResBlock):
+    """ADM ResBlock with `use_scale_shift_norm=False`: h = out_layers(h + Linear(SiLU(emb))), Linear E -> C_out."""
+
+    def __init__(
+        self,
+        channels: int,
+        emb_channels: int,
+        dropout: float = 0.0,
+        out_channels: int | None = None,
+        up: bool = False,
+        down: bool = False,
+    ) -> None:
+        super().__init__(channels, emb_channels, dropout, out_channels, up, down)
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, self.out_channels))
+
+    def modulate(self, h: torch.Tensor, emb: torch.Tensor, emb_z: torch.Tensor | None) -> torch.Tensor:
+        """GN(h + b), b = emb_layers(emb). h: [N, C_out, H, W]."""
+        if emb_z is not None:
+            raise ValueError("AdditiveResBlock: got a condition emb_z but this block has no z path")
+        return self.out_layers[0](h + self.emb_layers(emb)[..., None, None].to(h.dtype))
+
+
+class AdmUNet(UNet):
+    """Our ADM `UNet` with the options of openai guided-/improved-diffusion `UNetModel`.
+
+    With the defaults it is exactly `UNet` (same modules, same keys, same outputs). The state-dict keys of an
+    openai checkpoint equal ours (ResBlock in_layers/emb_layers/out_layers/skip_connection, AttentionBlock
+    norm/qkv/proj_out, `label_emb`, legacy attention order unless use_new_attention_order), except for
+    the options below, which this class reproduces:
+
+    :param resblock_updown: down/up-sample with ResBlocks (True, as PDAE/Diff-AE and guided-diffusion's
+        ImageNet/LSUN models) or with convolutions (`input_blocks.k.0.op`, `output_blocks.k.{1,2}.conv`;
+        guided-diffusion's default and every improved-diffusion model).
+    :param use_scale_shift_norm: AdaGN (True) or the additive time embedding (`AdditiveResBlock`).
+    :param num_heads_upsample: heads of the decoder's attention (-1 = num_heads; unused with head_channels).
+    :param time_scale: the network is fed t * time_scale; 1000 / T for models trained with
+        `rescale_timesteps` (improved-diffusion's default), else 1.
+    :param unet_kwargs: `UNet` arguments (learn_sigma=True for learned-variance models: 2C outputs).
+    """
+
+    def __init__(
+        self,
+        *,
+        resblock_updown: bool = True,
+        use_scale_shift_norm: bool = True,
+        num_heads_upsample: int = -1,
+        time_scale: float = 1.0,
+        **unet_kwargs: Any,
+    ) -> None:
+        super().__init__(**unet_kwargs)
+        if not time_scale > 0:
+            raise ValueError(f"AdmUNet: time_scale must be positive, got {time_scale!r}")
+        self.time_scale = float(time_scale)
+        self.config.update(
+            resblock_updown=resblock_updown,
+            use_scale_shift_norm=use_scale_shift_norm,
+            num_heads_upsample=num_heads_upsample,
+            time_scale=self.time_scale,
+        )
+        blocks = [*self.input_blocks, self.middle_block, *self.output_blocks]
+        if not resblock_updown:
+            for seq in blocks:
+                for i, layer in enumerate(seq):
+                    if isinstance(layer, ResBlock) and layer.resample is not None:
+                        seq[i] = (ConvDownsample if layer.resample == "down" else ConvUpsample)(layer.channels)
+        if not use_scale_shift_norm:
+            emb_dim, dropout = self.feature_layout().emb_dim, self.config["dropout"]
+            for seq in blocks:
+                for i, layer in enumerate(seq):
+                    if isinstance(layer, ResBlock):
+                        seq[i] = AdditiveResBlock(
+                            layer.channels, emb_dim, dropout, layer.out_channels,
+                            up=layer.resample == "up", down=layer.resample == "down",
+                        )
+        if num_heads_upsample not in (-1, self.config["num_heads"]) and self.config["head_channels"] == -1:
+            for seq in self.output_blocks:
+                for layer in seq:
+                    if isinstance(layer, AttentionBlock):
+                        if num_heads_upsample <= 0 or layer.channels % num_heads_upsample:
+                            raise ValueError(
+                                f"AdmUNet: {layer.channels} channels not divisible by num_heads_upsample={num_heads_upsample}"
+                            )
+                        layer.num_heads = num_heads_upsample
+
+    def encode_features(
+        self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
+    ) -> PriorFeatures:
+        """As `UNet.encode_features`, with the network's time t * time_scale (float) when rescaled."""
+        if self.time_scale != 1.0:
+            t = t.float() * self.time_scale
+        return super().encode_features(x_t, t, y)
+
+
+ADM_FAMILIES = ("guided", "improved")
+
+# `model_and_diffusion_defaults()` of each repository (openai/guided-diffusion, openai/improved-diffusion
+# script_util.py): the value of every flag not given.
+_ADM_DEFAULTS: dict[str, dict[str, Any]] = {
+    "guided": {
+        "image_size": 64, "num_channels": 128, "num_res_blocks": 2, "num_heads": 4, "num_heads_upsample": -1,
+        "num_head_channels": -1, "attention_resolutions": "16,8", "channel_mult": "", "dropout": 0.0,
+        "class_cond": False, "use_scale_shift_norm": True, "resblock_updown": False,
+        "use_new_attention_order": False, "learn_sigma": False, "diffusion_steps": 1000,
+        "noise_schedule": "linear", "predict_xstart": False, "rescale_timesteps": False,
+    },
+    "improved": {
+        "image_size": 64, "num_channels": 128, "num_res_blocks": 2, "num_heads": 4, "num_heads_upsample": -1,
+        "attention_resolutions": "16,8", "dropout": 0.0, "class_cond": False, "use_scale_shift_norm": True,
+        "learn_sigma": False, "diffusion_steps": 1000, "noise_schedule": "linear", "predict_xstart": False,
+        "rescale_timesteps": True,
+    },
+}
+# channel_mult by image size when --channel_mult is not given (create_model of each repository).
+_ADM_CHANNEL_MULT: dict[str, dict[int, tuple[int, ...]]] = {
+    "guided": {256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4), 64: (1, 2, 3, 4)},
+    "improved": {256: (1, 1, 2, 2, 4, 4), 64: (1, 2, 3, 4), 32: (1, 2, 2, 2)},
+}
+# Training/sampling flags of the same scripts that change neither the network nor the schedule.
+_ADM_IGNORED = frozenset({
+    "batch_size", "microbatch", "lr", "ema_rate", "log_interval", "save_interval", "resume_checkpoint",
+    "fp16_scale_growth", "weight_decay", "lr_anneal_steps", "schedule_sampler", "num_samples", "use_ddim",
+    "model_path", "clip_denoised", "data_dir", "use_checkpoint", "use_fp16", "use_kl", "rescale_learned_sigmas",
+    "sigma_small", "timestep_respacing", "classifier_scale", "classifier_path",
+})
+
+
+def _parse_flag(name: str, raw: Any, default: Any) -> Any:
+    if isinstance(default, bool):
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("true", "1", "yes", "y", "t"):
+            return True
+        if text in ("false", "0", "no", "n", "f"):
+            return False
+        raise ValueError(f"ADM flag --{name}: expected a boolean, got {raw!r}")
+    try:
+        return type(default)(raw) if not isinstance(default, str) else str(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"ADM flag --{name}: expected {type(default).__name__}, got {raw!r}") from None
+
+
+def adm_options(flags: str | Sequence[str] | Mapping[str, Any] = "", family: str = "guided") -> dict[str, Any]:
+    """The model/diffusion options of an openai checkpoint from its script flags, defaults filled in.
+
+    :param flags: "--image_size 64 --num_channels 128 --learn_sigma True ..." (MODEL_FLAGS and
+        DIFFUSION_FLAGS of the repository's README, `--a-b` or `--a_b`, `--k v` or `--k=v`), the same
+        as a token list, or a mapping {name: value}. Training/sampling flags are accepted and ignored.
+    :param family: "guided" (openai/guided-diffusion) or "improved" (openai/improved-diffusion);
+        they differ in defaults (rescale_timesteps: False / True) and in the channel_mult table.
+    """
+    if family not in ADM_FAMILIES:
+        raise ValueError(f"ADM family {family!r} unknown; expected one of {ADM_FAMILIES}")
+    defaults = _ADM_DEFAULTS[family]
+    if isinstance(flags, Mapping):
+        given = {str(k).lstrip("-").replace("-", "_"): v for k, v in flags.items()}
+    else:
+        tokens = shlex.split(flags) if isinstance(flags, str) else list(flags)
+        given, i = {}, 0
+        while i < len(tokens):
+            token = tokens[i]
+            if not token.startswith("--"):
+                raise ValueError(f"ADM flags: expected --name, got {token!r}")
+            name, eq, value = token[2:].partition("=")
+            if not eq:
+                if i + 1 >= len(tokens):
+                    raise ValueError(f"ADM flags: --{name} has no value")
+                value, i = tokens[i + 1], i + 1
+            given[name.replace("-", "_")] = value
+            i += 1
+    opts = dict(defaults)
+    for name, raw in given.items():
+        if name in _ADM_IGNORED or name.startswith("classifier_"):
+            continue
+        if name not in defaults:
+            raise ValueError(f"ADM flag --{name} unknown for {family}-diffusion (known: {', '.join(sorted(defaults))})")
+        opts[name] = _parse_flag(name, raw, defaults[name])
+    return opts
+
+
+def adm_unet_kwargs(opts: Mapping[str, Any], family: str = "guided") -> dict[str, Any]:
+    """`AdmUNet` arguments from `adm_options(...)` (as create_model: 3 channels, 1000 classes if class_cond)."""
+    if opts["predict_xstart"]:
+        raise ValueError("ADM flag --predict_xstart True unsupported; PDAE needs an eps-prediction prior")
+    size = opts["image_size"]
+    mult_text = opts.get("channel_mult", "")
+    if mult_text:
+        try:
+            mult = tuple(int(m) for m in mult_text.split(","))
+        except ValueError:
+            raise ValueError(f"ADM flag --channel_mult {mult_text!r}: expected integers like 1,2,3,4") from None
+    elif size in _ADM_CHANNEL_MULT[family]:
+        mult = _ADM_CHANNEL_MULT[family][size]
+    else:
+        raise ValueError(
+            f"ADM flag --image_size {size}: no default channel_mult in {family}-diffusion "
+            f"(sizes {sorted(_ADM_CHANNEL_MULT[family])}; the 512 px model's half-width level is unsupported)"
+        )
+    reachable = {2**level for level in range(len(mult))}
+    attention_ds = sorted({size // int(r) for r in str(opts["attention_resolutions"]).split(",") if r.strip()} & reachable)
+    T = opts["diffusion_steps"]
+    return {
+        "in_channels": 3,
+        "base_channels": opts["num_channels"],
+        "channel_mult": list(mult),
+        "num_res_blocks": opts["num_res_blocks"],
+        "attention_ds": attention_ds,
+        "num_heads": opts["num_heads"],
+        "head_channels": opts.get("num_head_channels", -1),
+        "new_attention_order": opts.get("use_new_attention_order", False),
+        "dropout": opts["dropout"],
+        "learn_sigma": opts["learn_sigma"],
+        "num_classes": 1000 if opts["class_cond"] else None,
+        "resblock_updown": opts.get("resblock_updown", False),
+        "use_scale_shift_norm": opts["use_scale_shift_norm"],
+        "num_heads_upsample": opts["num_heads_upsample"],
+        "time_scale": 1000.0 / T if opts["rescale_timesteps"] else 1.0,
+    }
+
+
+def adm_schedule(opts: Mapping[str, Any]) -> Schedule:
+    """`get_named_beta_schedule(noise_schedule, diffusion_steps)`: linear with beta_start/end scaled by
+    1000 / T (so T = 4000 has betas 2.5e-5 .. 5e-3), or cosine (s = 0.008, max_beta 0.999)."""
+    T, kind = opts["diffusion_steps"], opts["noise_schedule"]
+    if kind == "linear":
+        scale = 1000 / T
+        return Schedule.from_name("linear", T, start=scale * 0.0001, end=scale * 0.02)
+    if kind == "cosine":
+        return Schedule.from_name("cosine", T)
+    raise ValueError(f"ADM flag --noise_schedule {kind!r} unknown; expected linear or cosine")
+
+
+def load_adm_prior(
+    path: str | Path, flags: str | Sequence[str] | Mapping[str, Any] = "", family: str = "guided"
+) -> tuple[AdmUNet, Schedule]:
+    """(prior, schedule) from an openai checkpoint (`.pt` state dict, read without executing code, or
+    `.safetensors`) and the flags it was trained with (`adm_options`)."""
+    path = Path(path)
+    opts = adm_options(flags, family)
+    kwargs, schedule = adm_unet_kwargs(opts, family), adm_schedule(opts)
+    sd = _read_weights(path)
+    unet = AdmUNet(**kwargs)
+    load_state_dict_strict(unet, sd, str(path))
+    return unet.eval(), schedule
+
+
+# ---------------------------------------------------------------------------------------------------
+# Entry points.
+
+
+def load_prior(kind: str, path: str | Path, device: str | torch.device = "cpu", **opts: Any) -> Any:
+    """A frozen pre-trained DPM as a `DPM(unet=<prior>, schedule=<its schedule>)` method (eval, no grads).
+
+    :param kind: "native" (our model folder of a trained/imported DPM), "diffusers" (a pipeline folder,
+        `load_diffusers_prior`) or "adm" (an openai checkpoint; opts `flags`, `family`, `load_adm_prior`).
+    """
+    from pdae.methods import DPM, load_method
+
+    if kind not in PRIOR_KINDS:
+        raise ValueError(f"prior kind {kind!r} unknown; expected one of {PRIOR_KINDS}")
+    allowed = {"native": set(), "diffusers": set(), "adm": {"flags", "family"}}[kind]
+    extra = sorted(set(opts) - allowed)
+    if extra:
+        raise ValueError(f"prior kind {kind!r}: unexpected option {extra[0]!r} (allowed: {sorted(allowed) or 'none'})")
+    if kind == "native":
+        method = load_method(path, device)
+        if not isinstance(method, DPM):
+            raise CheckpointError(f"{path}: a {method.name!r} model folder; --dpm needs a 'dpm' folder")
+        return method
+    prior, schedule = load_diffusers_prior(path) if kind == "diffusers" else load_adm_prior(path, **opts)
+    dpm = DPM(prior, schedule)
+    dpm.metadata = {"source": kind, "path": str(path), **opts}  # type: ignore[attr-defined]
+    return dpm.to(device).eval().requires_grad_(False)
+
+
+def import_prior(kind: str, path: str | Path, out_dir: str | Path, **opts: Any) -> Path:
+    """Convert a foreign prior into our "dpm" model folder (components.unet = DiffusersPrior/AdmUNet,
+    weights `unet.*`, the prior's schedule in `diffusion`); `--dpm out_dir` then works unchanged."""
+    from pdae.checkpoint import save_model_folder, sha256_file
+    from pdae.methods import export_method
+
+    if kind == "native":
+        raise ValueError("prior kind 'native' is already a model folder")
+    dpm = load_prior(kind, path, **opts)
+    tensors, config = export_method(dpm)
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    metadata = {
+        "source": f"import-{kind}",
+        "files": {str(p.relative_to(path) if path.is_dir() else p.name): sha256_file(p) for p in files},
+        **{k: v for k, v in opts.items() if isinstance(v, (str, int, float, bool))},
+    }
+    return save_model_folder(out_dir, tensors, config, metadata)

@@ -1,0 +1,185 @@
+"""The real one-node SLURM cluster the `slurm` tests run on, as a session fixture.
+
+`.ci/slurm-up.sh` installs Debian's `slurm-wlm` and `munge` if missing, starts `munged`, `slurmctld` and
+`slurmd` (node `localhost`, partition `debug`, everything under `$SLURM_DIR`, default /tmp/pdae-slurm)
+and waits until the node is idle; daemons that already answer are reused. `.ci/slurm-down.sh` stops
+exactly the daemons one `up` started, by the PIDs it recorded. CI runs `up` before pytest, so here the
+fixture finds the cluster running and starts nothing; on a developer machine the fixture starts it on
+first use and stops what it started at the end of the session (never earlier: with `scontrol`
+installed but no `slurmctld`, every snakemake start stalls 10-20 s, shared/ENVIRONMENT.md §4).
+
+Use from any test module:
+
+    from tests.slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401 (fixture)
+
+    @pytest.mark.slurm
+    def test_x(slurm_cluster: SlurmCluster) -> None:
+        job_id = slurm_cluster.sbatch("--wrap", "hostname", cwd=tmp_path, wait=True)
+
+The cluster is one process-wide object, so importing the fixture into several modules starts it once.
+Without root (or without slurm and apt-get) the fixture skips, unless PDAE_REQUIRE_SLURM=1 (CI), where
+it fails.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+UP = REPO / ".ci" / "slurm-up.sh"
+DOWN = REPO / ".ci" / "slurm-down.sh"
+PARTITION = "debug"
+NODE = "localhost"
+FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
+                "DEADLINE"}
+
+
+class SlurmError(RuntimeError):
+    """The cluster could not be started or a SLURM command failed; the message is one line."""
+
+
+@dataclasses.dataclass
+class SlurmCluster:
+    """A running one-node cluster: where it lives, what this process started, and small client helpers."""
+
+    slurm_dir: Path
+    pids_file: Path                 # the daemons *this process* started ("name pid" lines); empty if reused
+    started: list[tuple[str, int]]
+    startup_s: float
+    accounting: bool                # slurmdbd runs: `sacct` works
+    partition: str = PARTITION
+
+    def sbatch(self, *args: str, cwd: Path, wait: bool = False, timeout: float = 300) -> int:
+        """Submit with `sbatch --parsable ARGS` from `cwd`; return the job id.
+
+        With `wait`, poll (every 0.1 s, unlike `sbatch --wait`'s growing sleeps) until the job ends and raise
+        SlurmError unless it COMPLETED.
+        """
+        proc = subprocess.run(["sbatch", "--parsable", f"--partition={self.partition}", *args], cwd=cwd,
+                              capture_output=True, text=True, timeout=60)
+        match = re.match(r"(\d+)", proc.stdout.strip())
+        if proc.returncode != 0 or match is None:
+            raise SlurmError(f"sbatch {' '.join(args)} failed (rc {proc.returncode}): {proc.stderr.strip()}")
+        job_id = int(match.group(1))
+        if wait:
+            info = self.wait_state(job_id, FINAL_STATES, timeout)
+            if info["JobState"] != "COMPLETED":
+                raise SlurmError(f"job {job_id} ended {info['JobState']} (exit {info.get('ExitCode')})")
+        return job_id
+
+    def job(self, job_id: int) -> dict[str, str]:
+        """`scontrol show job -o ID` as a dict (JobState, Restarts, ExitCode, ...); jobs stay visible MinJobAge s."""
+        proc = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True, timeout=30)
+        if proc.returncode != 0:
+            raise SlurmError(f"scontrol show job {job_id}: {proc.stderr.strip()}")
+        return dict(re.findall(r"(\w+)=(\S*)", proc.stdout))
+
+    def scontrol(self, *args: str) -> str:
+        """Run `scontrol ARGS` (e.g. "requeue", "12"); return stdout, raise SlurmError on failure."""
+        proc = subprocess.run(["scontrol", *args], capture_output=True, text=True, timeout=30)
+        if proc.returncode != 0:
+            raise SlurmError(f"scontrol {' '.join(args)}: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def sacct(self, job_ids: list[int], timeout: float = 30) -> dict[int, dict[str, str]]:
+        """Accounting records {job id: {JobName, State, ExitCode, Comment, Restarts?...}} of finished jobs.
+
+        Needs the cluster's accounting (slurmdbd); waits up to `timeout` s until every job has a final record
+        (slurmctld sends them to slurmdbd asynchronously).
+        """
+        if not self.accounting:
+            raise SlurmError("sacct needs accounting: start the cluster with PDAE_SLURM_ACCOUNTING=1")
+        fields = ["JobIDRaw", "JobName", "State", "ExitCode", "Comment", "Partition"]
+        deadline = time.monotonic() + timeout
+        while True:
+            proc = subprocess.run(["sacct", "-X", "-n", "-P", "-j", ",".join(map(str, job_ids)), "-o", ",".join(fields)],
+                                  capture_output=True, text=True, timeout=30)
+            if proc.returncode != 0:
+                raise SlurmError(f"sacct: {proc.stderr.strip()}")
+            rows = {int(r[0]): dict(zip(fields[1:], r[1:])) for r in
+                    (line.split("|") for line in proc.stdout.splitlines() if line.strip())}
+            done = all(j in rows and rows[j]["State"] not in ("PENDING", "RUNNING", "REQUEUED") for j in job_ids)
+            if done or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.2)
+
+    def wait_state(self, job_id: int, states: set[str], timeout: float = 120) -> dict[str, str]:
+        """Poll until the job's JobState is one of `states` (COMPLETING is its own state: processes still alive)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self.job(job_id)
+            if info.get("JobState") in states:
+                return info
+            if time.monotonic() > deadline:
+                raise SlurmError(f"job {job_id} still {info.get('JobState')} after {timeout} s (wanted {sorted(states)})")
+            time.sleep(0.1)
+
+
+_CLUSTER: SlurmCluster | None = None
+
+
+def unavailable_reason() -> str | None:
+    """Why this machine cannot run the cluster, or None."""
+    if os.geteuid() != 0:
+        return "the one-node SLURM cluster needs root (munged, slurmd, apt-get)"
+    if not Path("/usr/sbin/slurmctld").exists() and shutil.which("apt-get") is None:
+        return "slurm-wlm is not installed and there is no apt-get to install it"
+    return None
+
+
+def start_cluster(slurm_dir: Path | None = None, timeout: float = 300) -> SlurmCluster:
+    """Bring the cluster up (idempotent, once per process) and return it; the node is idle on return."""
+    global _CLUSTER
+    if _CLUSTER is not None:
+        return _CLUSTER
+    slurm_dir = Path(slurm_dir or os.environ.get("SLURM_DIR", "/tmp/pdae-slurm"))
+    pids_file = slurm_dir / f"started.pytest-{os.getpid()}.pids"
+    env = {**os.environ, "SLURM_DIR": str(slurm_dir), "SLURM_PIDS": str(pids_file)}
+    t0 = time.perf_counter()
+    proc = subprocess.run(["bash", str(UP)], env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout).strip().splitlines() or [f"rc {proc.returncode}"]
+        raise SlurmError(f"{UP.name} failed: {lines[-1]}")
+    started = [(name, int(pid)) for name, pid in
+               (line.split() for line in pids_file.read_text().splitlines() if line.strip())] if pids_file.exists() else []
+    accounting = "accounting_storage/slurmdbd" in (slurm_dir / "slurm.conf").read_text()
+    _CLUSTER = SlurmCluster(slurm_dir, pids_file, started, time.perf_counter() - t0, accounting)
+    atexit.register(stop_cluster)
+    return _CLUSTER
+
+
+def stop_cluster() -> None:
+    """Stop the daemons this process started (none if the cluster was already running); idempotent."""
+    global _CLUSTER
+    cluster, _CLUSTER = _CLUSTER, None
+    if cluster is None or not cluster.started:
+        return
+    env = {**os.environ, "SLURM_DIR": str(cluster.slurm_dir), "SLURM_PIDS": str(cluster.pids_file)}
+    subprocess.run(["bash", str(DOWN)], env=env, capture_output=True, text=True, timeout=120, check=False)
+    cluster.pids_file.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[SlurmCluster]:
+    """The running cluster; started on first use, stopped (only what was started) at the end of the session."""
+    reason = unavailable_reason()
+    if reason is not None:
+        if os.environ.get("PDAE_REQUIRE_SLURM") == "1":
+            pytest.fail(f"PDAE_REQUIRE_SLURM=1 but {reason}")
+        pytest.skip(reason)
+    try:
+        cluster = start_cluster()
+    except SlurmError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield cluster
+    stop_cluster()

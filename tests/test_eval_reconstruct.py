@@ -1,0 +1,185 @@
+"""eval.reconstruct: Table 1 settings, inversion round trips, the latent-dim column, metrics and the CLI.
+
+Analytic stand-ins: for Gaussian data x0 ~ N(0, s^2 I) the exact eps is sqrt(1 - ab) x_t / (ab s^2 + 1 - ab), so
+DDIM inversion followed by DDIM decoding must (nearly) return x0, while a random x_T gives an unrelated sample.
+A random-init PDAE has G == 0, so every reconstruction equals the plain-DDIM one of its prior.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from eval import cli, common
+from eval.reconstruct import (
+    ReconSetting,
+    infer_x_T,
+    latent_dim_of,
+    recon_metrics,
+    recon_records,
+    recon_settings,
+    reconstruct_all,
+)
+from eval.sample import sidecar_path
+from pdae.diffusion.schedule import Schedule
+from tests.test_eval_sample import LATENT_DIM, save_models, tiny_models
+
+
+def eval_main(argv: list[str]) -> int:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cli, "COMMAND_MODULES", ("eval.reconstruct",))
+        return cli.main(argv)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return tiny_models()
+
+
+class GaussianDPM(nn.Module):
+    """Plain DPM with the exact eps of data N(0, s^2 I)."""
+
+    name = "dpm"
+
+    def __init__(self, s: float = 0.3) -> None:
+        super().__init__()
+        self.schedule = Schedule.from_name("linear", 1000)
+        self.s = s
+
+    def denoiser(self, cond=None):
+        ab = self.schedule.alpha_bar.float()
+
+        def eps_fn(x_t, t):
+            a = ab[t].reshape(-1, 1, 1, 1)
+            return (1 - a).sqrt() * x_t / (a * self.s**2 + 1 - a)
+
+        return eps_fn, None
+
+
+def test_settings_and_latent_dims(models):
+    settings = recon_settings([10, 100], ["random", "inferred"], None, True, 1000)
+    assert settings == [
+        ReconSetting("random", 10, "ddim", None), ReconSetting("random", 100, "ddim", None),
+        ReconSetting("inferred", 10, "ddim", 10), ReconSetting("inferred", 100, "ddim", 100),
+        ReconSetting("random", 1000, "ddpm", None)]
+    assert [s.encode_steps for s in recon_settings([10, 20], ["inferred"], 50, False, 1000)] == [50, 50]
+    shape = (1, 8, 8)
+    assert latent_dim_of(models["pdae"], "random", shape) == LATENT_DIM
+    assert latent_dim_of(models["pdae"], "inferred", shape) == LATENT_DIM + 64
+    assert latent_dim_of(models["dpm"], "inferred", shape) == 64
+    assert latent_dim_of(models["dpm"], "random", shape) == 0
+    # The paper's Table 1 numbers for 128x128 RGB with z of 512: 49,152 and 49,664.
+    pdae_stub = type("M", (), {"name": "pdae", "latent_dim": 512})()
+    assert latent_dim_of(pdae_stub, "inferred", (3, 128, 128)) == 49_664
+    with pytest.raises(ValueError, match="--x-T"):
+        recon_settings([10], ["sampled"], None, False, 1000)
+
+
+def test_inferred_x_T_reconstructs_and_random_x_T_does_not():
+    dpm = GaussianDPM(0.3)
+    x0 = 0.3 * torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    settings = recon_settings([10, 100], ["random", "inferred"], None, False, 1000)
+    recs = reconstruct_all(dpm, x0, settings, seed=0)
+    err = {(s.x_T, s.steps): float((recs[s] - x0).pow(2).mean()) for s in settings}
+    power = float(x0.pow(2).mean())
+    # Inversion + decoding is exact up to the DDIM discretisation error, which shrinks with the steps.
+    assert err["inferred", 100] < 0.01 * power and err["inferred", 100] < 0.5 * err["inferred", 10]
+    assert min(err["random", 10], err["random", 100]) > 0.5 * power  # an independent sample: error ~ 2 s^2
+    # For data N(0, s^2 I) the probability-flow map is x_T = x0 / s: the DDIM inversion follows it closely.
+    x_T_inv = infer_x_T(dpm, x0, None, 100)
+    assert float(torch.nn.functional.cosine_similarity(x_T_inv.flatten(), x0.flatten(), dim=0)) > 0.98
+    assert float(x_T_inv.std()) == pytest.approx(1.0, abs=0.15)  # inverted Gaussian data looks like N(0, I)
+
+
+def test_pdae_with_zero_shift_reconstructs_like_its_prior_and_batching_is_invisible(models):
+    x0 = common.image_noise((1, 8, 8), range(5), 9).clamp(-1, 1)
+    settings = recon_settings([5], ["random", "inferred"], 10, False, 50)
+    pdae = reconstruct_all(models["pdae"], x0, settings, seed=2, batch_size=5)
+    ddim = reconstruct_all(models["dpm"], x0, settings, seed=2, batch_size=2)
+    for s in settings:
+        torch.testing.assert_close(pdae[s], ddim[s], atol=1e-5, rtol=0)
+    # z is encoded from x0 once and the shift changes the result once G != 0.
+    shifted = tiny_models()["pdae"]
+    from tests.test_eval_sample import perturb_shift
+
+    perturb_shift(shifted)
+    moved = reconstruct_all(shifted, x0, settings, seed=2)
+    assert all(float((moved[s] - ddim[s]).abs().max()) > 1e-4 for s in settings)
+
+
+def test_recon_metrics_identity_and_closed_form_mse(models):
+    from eval.backends import domain_backend
+
+    backend = domain_backend(models["feature_net"].net)
+    x0 = common.image_noise((1, 8, 8), range(3), 1).clamp(-0.9, 0.9)
+    same = recon_metrics(x0, x0, backend)
+    torch.testing.assert_close(same["ssim"], torch.ones(3, dtype=torch.float64))
+    assert float(same["mse"].abs().max()) == 0 and float(same["lpips"].abs().max()) < 1e-6
+    shifted = recon_metrics(x0, x0 + 0.1, backend)
+    torch.testing.assert_close(shifted["mse"], torch.full((3,), 0.05**2, dtype=torch.float64))  # (0.1/2)^2 on [0,1]
+    assert bool((shifted["lpips"] > 0).all()) and bool((shifted["ssim"] < 1).all())
+    over = recon_metrics(x0, x0 * 0 + 1.5, None)  # clamped to 1 before the metrics
+    torch.testing.assert_close(over["mse"], ((1 - x0) / 2).pow(2).mean(dim=(1, 2, 3)).double())
+
+
+def test_recon_records_vocabulary(models):
+    s1, s2 = ReconSetting("inferred", 10, "ddim", 20), ReconSetting("random", 50, "ddpm", None)
+    per = {s1: {"ssim": torch.tensor([0.5, 1.0]), "lpips": torch.tensor([0.1, 0.3]), "mse": torch.tensor([1e-3, 3e-3])},
+           s2: {"ssim": torch.tensor([0.2, 0.4]), "mse": torch.tensor([0.1, 0.3])}}
+    rows = recon_records(models["dpm"], per, (1, 8, 8), "domain")
+    key = [(r["method"], r["x_T"], r["steps"], r["sampler"], r["encode_steps"], r["latent_dim"], r["metric"])
+           for r in rows]
+    assert key == [("ddim", "inferred", 10, "ddim", 20, 64, "ssim"), ("ddim", "inferred", 10, "ddim", 20, 64, "lpips"),
+                   ("ddim", "inferred", 10, "ddim", 20, 64, "mse"), ("ddim", "random", 50, "ddpm", "-", 0, "ssim"),
+                   ("ddim", "random", 50, "ddpm", "-", 0, "mse")]
+    assert [r["value"] for r in rows] == pytest.approx([0.75, 0.2, 2e-3, 0.3, 0.2])
+    assert all(r["table"] == "recon" and r["backend"] == "domain" for r in rows)
+
+
+def test_reconstruct_cli_records_and_grid(models, tmp_path):
+    folders = save_models({k: models[k] for k in ("dpm", "pdae", "feature_net")}, tmp_path / "m")
+    backend = ["--backend", "domain", "--feature-net", str(folders["feature_net"]), "--device", "cpu"]
+    out, arrays = tmp_path / "recon_pdae.json", tmp_path / "recon_pdae.npz"
+    assert eval_main(["reconstruct", "--model", str(folders["pdae"]), "--steps", "2", "5", "--ddpm",
+                      "--num-images", "3", "--grid-images", "2", "--out", str(out), "--arrays", str(arrays),
+                      *backend]) == 0
+    rows = common.read_records(out)
+    assert len(rows) == (2 * 2 + 1) * 3
+    assert {(r["x_T"], r["steps"], r["sampler"], r["encode_steps"]) for r in rows} == {
+        ("random", 2, "ddim", "-"), ("random", 5, "ddim", "-"), ("inferred", 2, "ddim", 2),
+        ("inferred", 5, "ddim", 5), ("random", 50, "ddpm", "-")}
+    meta = json.loads(out.read_text())["meta"]
+    assert meta["encode_steps_rule"] == "same as decode steps" and meta["num_images"] == 3
+    x0, _, _ = common.eval_images(dict(models["pdae"].metadata["data"]), 3)
+    with np.load(arrays) as data:
+        assert data["grid"].shape == (6, 2, 1, 8, 8) and data["row_labels"][0] == "original"
+        np.testing.assert_array_equal(data["grid"][0], x0[:2].numpy())
+        assert data["per_image_ssim"].shape == (5, 3)
+        ssim_means = {r["x_T"] + str(r["steps"]) + r["sampler"]: r["value"] for r in rows if r["metric"] == "ssim"}
+        assert data["per_image_ssim"][2].mean() == pytest.approx(ssim_means["inferred2ddim"])
+    assert json.loads(sidecar_path(arrays).read_text())["method"] == "pdae"
+
+    out_dpm = tmp_path / "recon_ddim.json"
+    assert eval_main(["reconstruct", "--model", str(folders["dpm"]), "--steps", "5", "--x-T", "inferred",
+                      "--encode-steps", "10", "--ddpm", "--num-images", "2", "--out", str(out_dpm), *backend]) == 0
+    rows = common.read_records(out_dpm)
+    assert {(r["method"], r["x_T"], r["encode_steps"], r["latent_dim"]) for r in rows} == {("ddim", "inferred", 10, 64)}
+
+
+def test_reconstruct_cli_errors_are_one_line(models, tmp_path, capsys):
+    folders = save_models({"latent": models["latent"]}, tmp_path / "m")
+    assert eval_main(["reconstruct", "--model", str(folders["latent"]), "--out", str(tmp_path / "o.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "pdae, diffae or dpm" in err and "\n" not in err
