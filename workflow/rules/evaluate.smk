@@ -19,7 +19,7 @@ rule compute_ref_stats:
     log:
         "logs/{dataset}/compute_ref_stats.log",
     benchmark:
-        "benchmarks/{dataset}/compute_ref_stats.tsv"
+        "results/benchmarks/{dataset}/compute_ref_stats.tsv"
     params:
         backend=backend_args,
         model=lambda wc: f"results/{wc.dataset}/feature_net/model",
@@ -43,7 +43,7 @@ rule evaluate_reconstruction:
     log:
         "logs/{dataset}/evaluate_reconstruction_{rmethod}_seed{seed}.log",
     benchmark:
-        "benchmarks/{dataset}/evaluate_reconstruction_{rmethod}_seed{seed}.tsv"
+        "results/benchmarks/{dataset}/evaluate_reconstruction_{rmethod}_seed{seed}.tsv"
     params:
         backend=backend_args,
         steps=" ".join(str(s) for s in EVAL["recon"]["steps"]),
@@ -67,7 +67,7 @@ rule evaluate_gap:
     log:
         "logs/{dataset}/evaluate_gap_seed{seed}.log",
     benchmark:
-        "benchmarks/{dataset}/evaluate_gap_seed{seed}.tsv"
+        "results/benchmarks/{dataset}/evaluate_gap_seed{seed}.tsv"
     params:
         stride=EVAL["gap"]["t_stride"],
         n=EVAL["gap"]["num_images"],
@@ -110,7 +110,7 @@ rule evaluate_unconditional:
     log:
         "logs/{dataset}/evaluate_unconditional_{rmethod}_seed{seed}.log",
     benchmark:
-        "benchmarks/{dataset}/evaluate_unconditional_{rmethod}_seed{seed}.tsv"
+        "results/benchmarks/{dataset}/evaluate_unconditional_{rmethod}_seed{seed}.tsv"
     params:
         models=lambda wc, input: f"--dpm {input.model}" if wc.rmethod == "ddim"
         else f"--autoencoder {input.model} --latent {input.latent}",
@@ -139,7 +139,7 @@ rule evaluate_fewshot:
     log:
         "logs/{dataset}/evaluate_fewshot_{ae}_{scenario}_seed{seed}.log",
     benchmark:
-        "benchmarks/{dataset}/evaluate_fewshot_{ae}_{scenario}_seed{seed}.tsv"
+        "results/benchmarks/{dataset}/evaluate_fewshot_{ae}_{scenario}_seed{seed}.tsv"
     params:
         classes=lambda wc: fewshot_class_args(wc.dataset),
         cfg=EVAL["fewshot"],
@@ -211,7 +211,7 @@ rule evaluate_truncation:
     log:
         "logs/{dataset}/evaluate_truncation_seed{seed}.log",
     benchmark:
-        "benchmarks/{dataset}/evaluate_truncation_seed{seed}.tsv"
+        "results/benchmarks/{dataset}/evaluate_truncation_seed{seed}.tsv"
     params:
         cfg=EVAL["truncation"],
         scales=" ".join(str(s) for s in EVAL["truncation"]["scales"]),
@@ -252,7 +252,7 @@ rule evaluate_efficiency:
     log:
         "logs/{dataset}/evaluate_efficiency.log",
     benchmark:
-        "benchmarks/{dataset}/evaluate_efficiency.tsv"
+        "results/benchmarks/{dataset}/evaluate_efficiency.tsv"
     params:
         cfg=EVAL["efficiency"],
         backend=backend_args,

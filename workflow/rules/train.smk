@@ -14,7 +14,7 @@ rule train_dpm:
     log:
         "logs/{dataset}/train_dpm.log",
     benchmark:
-        "benchmarks/{dataset}/train_dpm.tsv"
+        "results/benchmarks/{dataset}/train_dpm.tsv"
     params:
         launch=lambda wc, resources: launcher(resources),
         data=data_override,
@@ -58,7 +58,7 @@ rule train_feature_net:
     log:
         "logs/{dataset}/train_feature_net.log",
     benchmark:
-        "benchmarks/{dataset}/train_feature_net.tsv"
+        "results/benchmarks/{dataset}/train_feature_net.tsv"
     params:
         data=data_override,
         device=config["device"],
@@ -82,7 +82,7 @@ rule train_autoencoder:
     log:
         "logs/{dataset}/train_{variant}_seed{seed}.log",
     benchmark:
-        "benchmarks/{dataset}/train_{variant}_seed{seed}.tsv"
+        "results/benchmarks/{dataset}/train_{variant}_seed{seed}.tsv"
     params:
         launch=lambda wc, resources: launcher(resources),
         method=lambda wc: "diffae" if wc.variant == "diffae" else "pdae",
@@ -110,7 +110,7 @@ rule train_pdae_class:
     log:
         "logs/{dataset}/train_pdae_class_seed{seed}.log",
     benchmark:
-        "benchmarks/{dataset}/train_pdae_class_seed{seed}.tsv"
+        "results/benchmarks/{dataset}/train_pdae_class_seed{seed}.tsv"
     params:
         launch=lambda wc, resources: launcher(resources),
         data=data_override,
@@ -136,7 +136,7 @@ rule train_latent:
     log:
         "logs/{dataset}/train_latent_{ae}_seed{seed}.log",
     benchmark:
-        "benchmarks/{dataset}/train_latent_{ae}_seed{seed}.tsv"
+        "results/benchmarks/{dataset}/train_latent_{ae}_seed{seed}.tsv"
     params:
         data=data_override,
         device=config["device"],
@@ -161,7 +161,7 @@ rule train_classifier:
     log:
         "logs/{dataset}/train_classifier_{ae}_seed{seed}.log",
     benchmark:
-        "benchmarks/{dataset}/train_classifier_{ae}_seed{seed}.tsv"
+        "results/benchmarks/{dataset}/train_classifier_{ae}_seed{seed}.tsv"
     params:
         data=data_override,
         device=config["device"],
