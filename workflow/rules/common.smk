@@ -1,6 +1,5 @@
 # Validation, wildcard constraints and path helpers (kept small: logic lives in the packages).
 import os
-import sys
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -13,7 +12,7 @@ SEEDS = [int(s) for s in config["seeds"]]
 ABLATION_SEEDS = [int(s) for s in config["ablation_seeds"]]
 AUTOENCODERS = ["pdae", "diffae"]
 EVAL = config["eval"]
-PY = sys.executable  # the interpreter running snakemake (the project's environment)
+ENV = "../../environment.yml"  # one environment for every rule (`--sdm conda` builds it)
 
 
 def _fail(message):
@@ -25,8 +24,9 @@ for _name in DATASETS:
         _fail(f"config: datasets lists {_name!r} but dataset_settings.{_name} is missing")
     _dir = Path(config["dataset_settings"][_name]["train_configs"])
     for _m in ("dpm", "pdae", "pdae_uniform", "pdae_class", "diffae", "latent", "classifier", "feature_net"):
-        if not (_dir / f"{_m}.yaml").is_file():
-            _fail(f"config: dataset_settings.{_name}.train_configs: {_dir / (_m + '.yaml')} not found")
+        _file = _dir / f"{_m}.yaml"
+        if not _file.is_file():
+            _fail(f"config: dataset_settings.{_name}.train_configs: {_file} not found")
     _prior = config["dataset_settings"][_name]["prior"]
     if _prior.get("path") and not Path(_prior["path"]).exists():
         _fail(f"config: dataset_settings.{_name}.prior.path: {_prior['path']} not found")
@@ -47,8 +47,16 @@ wildcard_constraints:
     variant="pdae|pdae_uniform|diffae",
 
 
+ALL_EVALUATIONS = ["recon", "gap", "uncond", "fewshot", "interpolation", "manipulation", "truncation", "probe",
+                   "efficiency", "ablation"]
+
+
 def settings(dataset):
     return config["dataset_settings"][dataset]
+
+
+def enabled(dataset, evaluation):
+    return evaluation in settings(dataset).get("evaluations", ALL_EVALUATIONS)
 
 
 def train_config(dataset, method):
@@ -79,8 +87,8 @@ def launcher(resources):
     """`pdae`, or torchrun with one process per GPU for multi-GPU training jobs."""
     gpus = int(getattr(resources, "gpu", 0) or 0)
     if gpus > 1:
-        return f"{PY} -m torch.distributed.run --standalone --nproc_per_node {gpus} -m pdae"
-    return f"{PY} -m pdae"
+        return f"torchrun --standalone --nproc_per_node {gpus} -m pdae"
+    return "python -m pdae"
 
 
 def backend_args(wildcards, input=None):
@@ -101,3 +109,67 @@ def backend_inputs(wildcards):
 
 def final_outputs():
     return [*table_outputs(), *plot_outputs()]
+
+
+def recon_model(wc):
+    return dpm_folder(wc) if wc.rmethod == "ddim" else f"results/{wc.dataset}/{wc.rmethod}/seed{wc.seed}/model"
+
+
+def fewshot_class_args(dataset):
+    fs = settings(dataset)["fewshot"]
+    if fs.get("attribute"):
+        return f"--attribute {fs['attribute']}"
+    names = " ".join(f"'{n}'" for n in fs["class_names"])
+    return "--positive-classes " + " ".join(str(c) for c in fs["positive_classes"]) + f" --class-names {names}"
+
+
+def record_files(dataset):
+    """Every records file of one dataset (its enabled evaluations)."""
+    on = lambda e: enabled(dataset, e)  # noqa: E731
+    files = [f"results/{dataset}/efficiency.json"] if on("efficiency") else []
+    for seed in SEEDS:
+        files += [f"results/{dataset}/{m}/seed{seed}/eval/recon.json" for m in ("pdae", "diffae", "ddim") if on("recon")]
+        files += [f"results/{dataset}/{m}/seed{seed}/eval/uncond.json" for m in ("pdae", "diffae", "ddim") if on("uncond")]
+        files += [f"results/{dataset}/gap/seed{seed}.json"] if on("gap") else []
+        files += [f"results/{dataset}/probe/seed{seed}.json"] if on("probe") else []
+        for ae in AUTOENCODERS:
+            files += [f"results/{dataset}/{ae}/seed{seed}/eval/fewshot_{sc}.json" for sc in ("binary", "pu") if on("fewshot")]
+            files += [f"results/{dataset}/{ae}/seed{seed}/eval/{e}.json" for e in ("interpolation", "manipulation") if on(e)]
+    for seed in ABLATION_SEEDS:
+        files += [f"results/{dataset}/ablation/seed{seed}.json"] if on("ablation") else []
+        files += [f"results/{dataset}/pdae_class/seed{seed}/eval/truncation.json"] if on("truncation") else []
+    return files
+
+
+def all_record_files(wildcards=None):
+    return [f for d in DATASETS for f in record_files(d)]
+
+
+def table_outputs():
+    return [f"results/tables/{t}.{ext}" for t in TABLES for ext in ("csv", "md")] + [
+        "results/tables/claims.csv", "results/tables/claims.md"]
+
+
+def plot_inputs(dataset, kind):
+    s, a = FIRST_SEED, FIRST_ABLATION_SEED
+    seeds = SEEDS
+    return {
+        "gap": [f"results/{dataset}/gap/seed{x}.json" for x in seeds],
+        "recon": [f"results/{dataset}/{m}/seed{s}/eval/recon.npz" for m in ("pdae", "diffae", "ddim")],
+        "denoise": [f"results/{dataset}/pdae/seed{s}/eval/denoise.npz"],
+        "g": [f"results/{dataset}/pdae/seed{s}/eval/shift.npz"],
+        "interpolation": [f"results/{dataset}/{m}/seed{s}/eval/interpolation.npz" for m in AUTOENCODERS],
+        "manipulation": [f"results/{dataset}/{m}/seed{s}/eval/manipulation.npz" for m in AUTOENCODERS]
+        + [f"results/{dataset}/{m}/seed{x}/eval/manipulation.json" for m in AUTOENCODERS for x in seeds],
+        "truncation": [f"results/{dataset}/pdae_class/seed{a}/eval/truncation.npz"]
+        + [f"results/{dataset}/pdae_class/seed{x}/eval/truncation.json" for x in ABLATION_SEEDS],
+        "efficiency": [f"results/{dataset}/efficiency.json"],
+        "samples": [f"results/{dataset}/{m}/seed{s}/eval/uncond.npz" for m in ("pdae", "diffae", "ddim")],
+        "fewshot": [f"results/{dataset}/{m}/seed{x}/eval/fewshot_{sc}.json"
+                    for m in AUTOENCODERS for x in seeds for sc in ("binary", "pu")],
+        "uncond": [f"results/{dataset}/{m}/seed{x}/eval/uncond.json" for m in ("pdae", "diffae", "ddim") for x in seeds],
+    }[kind]
+
+
+def plot_outputs():
+    return [f"results/plots/{kind}_{d}.png" for d in DATASETS for kind in PLOT_KINDS if enabled(d, PLOT_SOURCE[kind])]

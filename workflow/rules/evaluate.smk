@@ -2,32 +2,27 @@
 # `ddim` is the plain pre-trained DPM (one per dataset) evaluated with each seed's noise.
 
 
-def recon_model(wc):
-    return dpm_folder(wc) if wc.rmethod == "ddim" else f"results/{wc.dataset}/{wc.rmethod}/seed{wc.seed}/model"
-
-
-def eval_device():
-    return f"--device {config['device']}"
-
-
 rule compute_ref_stats:
     """Reference FID statistics of real training images (a file, reused by every FID)."""
     input:
         model=backend_inputs,
     output:
         stats="results/{dataset}/eval/ref_stats.npz",
+    conda:
+        ENV
     log:
         "logs/{dataset}/compute_ref_stats.log",
     benchmark:
         "results/benchmarks/{dataset}/compute_ref_stats.tsv"
     params:
+        device=config["device"],
         backend=backend_args,
         model=lambda wc: f"results/{wc.dataset}/feature_net/model",
         n=EVAL["ref_images"],
         data=data_override,
     shell:
-        "{PY} -m eval ref-stats --model {params.model} --num-images {params.n} --out {output.stats}"
-        " {params.backend} {params.data} " + eval_device() + " > {log} 2>&1"
+        "python -m eval ref-stats --model {params.model} --num-images {params.n} --out {output.stats}"
+        " {params.backend} {params.data} --device {params.device} > {log} 2>&1"
 
 
 rule evaluate_reconstruction:
@@ -40,20 +35,23 @@ rule evaluate_reconstruction:
         arrays="results/{dataset}/{rmethod}/seed{seed}/eval/recon.npz",
     wildcard_constraints:
         rmethod="pdae|diffae|ddim",
+    conda:
+        ENV
     log:
         "logs/{dataset}/evaluate_reconstruction_{rmethod}_seed{seed}.log",
     benchmark:
         "results/benchmarks/{dataset}/evaluate_reconstruction_{rmethod}_seed{seed}.tsv"
     params:
+        device=config["device"],
         backend=backend_args,
         steps=" ".join(str(s) for s in EVAL["recon"]["steps"]),
         ddpm=lambda wc: "--ddpm" if wc.rmethod == "pdae" and EVAL["recon"]["ddpm"] else "",
         n=EVAL["recon"]["num_images"],
         data=data_override,
     shell:
-        "{PY} -m eval reconstruct --model {input.model} --steps {params.steps} --x-T random inferred {params.ddpm}"
+        "python -m eval reconstruct --model {input.model} --steps {params.steps} --x-T random inferred {params.ddpm}"
         " --num-images {params.n} --seed {wildcards.seed} --out {output.records} --arrays {output.arrays}"
-        " {params.backend} {params.data} " + eval_device() + " > {log} 2>&1"
+        " {params.backend} {params.data} --device {params.device} > {log} 2>&1"
 
 
 rule evaluate_gap:
@@ -64,18 +62,20 @@ rule evaluate_gap:
         diffae="results/{dataset}/diffae/seed{seed}/model",
     output:
         records="results/{dataset}/gap/seed{seed}.json",
+    conda:
+        ENV
     log:
         "logs/{dataset}/evaluate_gap_seed{seed}.log",
     benchmark:
         "results/benchmarks/{dataset}/evaluate_gap_seed{seed}.tsv"
     params:
+        device=config["device"],
         stride=EVAL["gap"]["t_stride"],
         n=EVAL["gap"]["num_images"],
         data=data_override,
     shell:
-        "{PY} -m eval gap --dpm {input.dpm} --pdae {input.pdae} --diffae {input.diffae} --t-stride {params.stride}"
-        " --num-images {params.n} --seed {wildcards.seed} --out {output.records} {params.data} "
-        + eval_device() + " > {log} 2>&1"
+        "python -m eval gap --dpm {input.dpm} --pdae {input.pdae} --diffae {input.diffae} --t-stride {params.stride}"
+        " --num-images {params.n} --seed {wildcards.seed} --out {output.records} {params.data} --device {params.device} > {log} 2>&1"
 
 
 rule render_denoise_arrays:
@@ -85,13 +85,16 @@ rule render_denoise_arrays:
     output:
         denoise="results/{dataset}/pdae/seed{seed}/eval/denoise.npz",
         shift="results/{dataset}/pdae/seed{seed}/eval/shift.npz",
+    conda:
+        ENV
     log:
         "logs/{dataset}/render_denoise_arrays_seed{seed}.log",
     params:
+        device=config["device"],
         data=data_override,
     shell:
-        "({PY} -m eval denoise-one-step --pdae {input.pdae} --out {output.denoise} {params.data} " + eval_device() +
-        " && {PY} -m eval shift-pictures --pdae {input.pdae} --out {output.shift} {params.data} " + eval_device() +
+        "(python -m eval denoise-one-step --pdae {input.pdae} --out {output.denoise} {params.data} --device {params.device}"
+        " && python -m eval shift-pictures --pdae {input.pdae} --out {output.shift} {params.data} --device {params.device}"
         ") > {log} 2>&1"
 
 
@@ -107,11 +110,14 @@ rule evaluate_unconditional:
         arrays="results/{dataset}/{rmethod}/seed{seed}/eval/uncond.npz",
     wildcard_constraints:
         rmethod="pdae|diffae|ddim",
+    conda:
+        ENV
     log:
         "logs/{dataset}/evaluate_unconditional_{rmethod}_seed{seed}.log",
     benchmark:
         "results/benchmarks/{dataset}/evaluate_unconditional_{rmethod}_seed{seed}.tsv"
     params:
+        device=config["device"],
         models=lambda wc, input: f"--dpm {input.model}" if wc.rmethod == "ddim"
         else f"--autoencoder {input.model} --latent {input.latent}",
         steps=" ".join(str(s) for s in EVAL["uncond"]["steps"]),
@@ -120,9 +126,9 @@ rule evaluate_unconditional:
         backend=backend_args,
         data=data_override,
     shell:
-        "{PY} -m eval uncond {params.models} --steps {params.steps} --num-samples {params.n} --stop-fraction {params.stop}"
+        "python -m eval uncond {params.models} --steps {params.steps} --num-samples {params.n} --stop-fraction {params.stop}"
         " --ref-stats {input.stats} --seed {wildcards.seed} --out {output.records} --arrays {output.arrays}"
-        " {params.backend} {params.data} " + eval_device() + " > {log} 2>&1"
+        " {params.backend} {params.data} --device {params.device} > {log} 2>&1"
 
 
 rule evaluate_fewshot:
@@ -136,20 +142,23 @@ rule evaluate_fewshot:
         arrays="results/{dataset}/{ae}/seed{seed}/eval/fewshot_{scenario}.npz",
     wildcard_constraints:
         scenario="binary|pu",
+    conda:
+        ENV
     log:
         "logs/{dataset}/evaluate_fewshot_{ae}_{scenario}_seed{seed}.log",
     benchmark:
         "results/benchmarks/{dataset}/evaluate_fewshot_{ae}_{scenario}_seed{seed}.tsv"
     params:
+        device=config["device"],
         classes=lambda wc: fewshot_class_args(wc.dataset),
         cfg=EVAL["fewshot"],
         backend=backend_args,
         data=data_override,
     shell:
-        "{PY} -m eval fewshot --autoencoder {input.model} --latent {input.latent} --scenario {wildcards.scenario}"
+        "python -m eval fewshot --autoencoder {input.model} --latent {input.latent} --scenario {wildcards.scenario}"
         " {params.classes} --num-labelled {params.cfg[num_labelled]} --num-unlabelled {params.cfg[num_unlabelled]}"
         " --num-samples {params.cfg[num_samples]} --steps {params.cfg[steps]} --seed {wildcards.seed}"
-        " --out {output.records} --arrays {output.arrays} {params.backend} {params.data} " + eval_device() +
+        " --out {output.records} --arrays {output.arrays} {params.backend} {params.data} --device {params.device}"
         " > {log} 2>&1"
 
 
@@ -161,16 +170,19 @@ rule evaluate_interpolation:
     output:
         records="results/{dataset}/{ae}/seed{seed}/eval/interpolation.json",
         arrays="results/{dataset}/{ae}/seed{seed}/eval/interpolation.npz",
+    conda:
+        ENV
     log:
         "logs/{dataset}/evaluate_interpolation_{ae}_seed{seed}.log",
     params:
+        device=config["device"],
         cfg=EVAL["interpolation"],
         backend=backend_args,
         data=data_override,
     shell:
-        "{PY} -m eval interpolate --autoencoder {input.model} --num-pairs {params.cfg[num_pairs]}"
+        "python -m eval interpolate --autoencoder {input.model} --num-pairs {params.cfg[num_pairs]}"
         " --steps {params.cfg[steps]} --encode-steps {params.cfg[encode_steps]} --seed {wildcards.seed}"
-        " --out {output.records} --arrays {output.arrays} {params.backend} {params.data} " + eval_device() +
+        " --out {output.records} --arrays {output.arrays} {params.backend} {params.data} --device {params.device}"
         " > {log} 2>&1"
 
 
@@ -183,19 +195,22 @@ rule evaluate_manipulation:
     output:
         records="results/{dataset}/{ae}/seed{seed}/eval/manipulation.json",
         arrays="results/{dataset}/{ae}/seed{seed}/eval/manipulation.npz",
+    conda:
+        ENV
     log:
         "logs/{dataset}/evaluate_manipulation_{ae}_seed{seed}.log",
     params:
+        device=config["device"],
         cfg=EVAL["manipulation"],
         attribute=lambda wc: settings(wc.dataset)["manipulation_attribute"],
         strengths=" ".join(str(s) for s in EVAL["manipulation"]["strengths"]),
         backend=backend_args,
         data=data_override,
     shell:
-        "{PY} -m eval manipulate --autoencoder {input.model} --classifier {input.classifier}"
+        "python -m eval manipulate --autoencoder {input.model} --classifier {input.classifier}"
         " --attribute {params.attribute:q} --strengths {params.strengths} --num-images {params.cfg[num_images]}"
         " --steps {params.cfg[steps]} --encode-steps {params.cfg[encode_steps]} --seed {wildcards.seed}"
-        " --out {output.records} --arrays {output.arrays} {params.backend} {params.data} " + eval_device() +
+        " --out {output.records} --arrays {output.arrays} {params.backend} {params.data} --device {params.device}"
         " > {log} 2>&1"
 
 
@@ -208,19 +223,22 @@ rule evaluate_truncation:
     output:
         records="results/{dataset}/pdae_class/seed{seed}/eval/truncation.json",
         arrays="results/{dataset}/pdae_class/seed{seed}/eval/truncation.npz",
+    conda:
+        ENV
     log:
         "logs/{dataset}/evaluate_truncation_seed{seed}.log",
     benchmark:
         "results/benchmarks/{dataset}/evaluate_truncation_seed{seed}.tsv"
     params:
+        device=config["device"],
         cfg=EVAL["truncation"],
         scales=" ".join(str(s) for s in EVAL["truncation"]["scales"]),
         backend=lambda wc: f"--backend domain --feature-net results/{wc.dataset}/feature_net/model",
         data=data_override,
     shell:
-        "{PY} -m eval truncation --model {input.model} --scales {params.scales} --num-samples {params.cfg[num_samples]}"
+        "python -m eval truncation --model {input.model} --scales {params.scales} --num-samples {params.cfg[num_samples]}"
         " --steps {params.cfg[steps]} --ref-stats {input.stats} --seed {wildcards.seed} --out {output.records}"
-        " --arrays {output.arrays} {params.backend} {params.data} " + eval_device() + " > {log} 2>&1"
+        " --arrays {output.arrays} {params.backend} {params.data} --device {params.device} > {log} 2>&1"
 
 
 rule evaluate_probe:
@@ -230,15 +248,18 @@ rule evaluate_probe:
         diffae="results/{dataset}/diffae/seed{seed}/model",
     output:
         records="results/{dataset}/probe/seed{seed}.json",
+    conda:
+        ENV
     log:
         "logs/{dataset}/evaluate_probe_seed{seed}.log",
     params:
+        device=config["device"],
         cfg=EVAL["probe"],
         data=data_override,
     shell:
-        "{PY} -m eval probe --encoder pdae={input.pdae} --encoder diffae={input.diffae} --random-encoder --pixels"
+        "python -m eval probe --encoder pdae={input.pdae} --encoder diffae={input.diffae} --random-encoder --pixels"
         " --num-train {params.cfg[num_train]} --num-test {params.cfg[num_test]} --seed {wildcards.seed}"
-        " --out {output.records} {params.data} " + eval_device() + " > {log} 2>&1"
+        " --out {output.records} {params.data} --device {params.device} > {log} 2>&1"
 
 
 rule evaluate_efficiency:
@@ -249,18 +270,20 @@ rule evaluate_efficiency:
         backend=backend_inputs,
     output:
         records="results/{dataset}/efficiency.json",
+    conda:
+        ENV
     log:
         "logs/{dataset}/evaluate_efficiency.log",
     benchmark:
         "results/benchmarks/{dataset}/evaluate_efficiency.tsv"
     params:
+        device=config["device"],
         cfg=EVAL["efficiency"],
         backend=backend_args,
         data=data_override,
     shell:
-        "{PY} -m eval efficiency --pdae {input.pdae} --diffae {input.diffae} --steps {params.cfg[steps]}"
-        " --num-images {params.cfg[num_images]} --out {output.records} {params.backend} {params.data} "
-        + eval_device() + " > {log} 2>&1"
+        "python -m eval efficiency --pdae {input.pdae} --diffae {input.diffae} --steps {params.cfg[steps]}"
+        " --num-images {params.cfg[num_images]} --out {output.records} {params.backend} {params.data} --device {params.device} > {log} 2>&1"
 
 
 rule evaluate_ablation:
@@ -270,36 +293,14 @@ rule evaluate_ablation:
         uniform="results/{dataset}/pdae_uniform/seed{seed}/model",
     output:
         records="results/{dataset}/ablation/seed{seed}.json",
+    conda:
+        ENV
     log:
         "logs/{dataset}/evaluate_ablation_seed{seed}.log",
     params:
+        device=config["device"],
         cfg=EVAL["efficiency"],
         data=data_override,
     shell:
-        "{PY} -m eval ablation --runs {input.snr} {input.uniform} --steps {params.cfg[steps]}"
-        " --num-images {params.cfg[num_images]} --seed {wildcards.seed} --out {output.records} {params.data} "
-        + eval_device() + " > {log} 2>&1"
-
-
-def fewshot_class_args(dataset):
-    fs = settings(dataset)["fewshot"]
-    if fs.get("attribute"):
-        return f"--attribute {fs['attribute']}"
-    names = " ".join(f"'{n}'" for n in fs["class_names"])
-    return "--positive-classes " + " ".join(str(c) for c in fs["positive_classes"]) + f" --class-names {names}"
-
-
-def record_files(dataset):
-    """Every records file of one dataset."""
-    files = [f"results/{dataset}/efficiency.json"]
-    for seed in SEEDS:
-        files += [f"results/{dataset}/{m}/seed{seed}/eval/recon.json" for m in ("pdae", "diffae", "ddim")]
-        files += [f"results/{dataset}/{m}/seed{seed}/eval/uncond.json" for m in ("pdae", "diffae", "ddim")]
-        files += [f"results/{dataset}/gap/seed{seed}.json", f"results/{dataset}/probe/seed{seed}.json"]
-        for ae in AUTOENCODERS:
-            files += [f"results/{dataset}/{ae}/seed{seed}/eval/{e}.json"
-                      for e in ("fewshot_binary", "fewshot_pu", "interpolation", "manipulation")]
-    for seed in ABLATION_SEEDS:
-        files += [f"results/{dataset}/ablation/seed{seed}.json",
-                  f"results/{dataset}/pdae_class/seed{seed}/eval/truncation.json"]
-    return files
+        "python -m eval ablation --runs {input.snr} {input.uniform} --steps {params.cfg[steps]}"
+        " --num-images {params.cfg[num_images]} --seed {wildcards.seed} --out {output.records} {params.data} --device {params.device} > {log} 2>&1"

@@ -11,6 +11,8 @@ rule train_dpm:
         model=directory("results/{dataset}/dpm/model"),
     wildcard_constraints:
         dataset=datasets_with_prior(("native",)),
+    conda:
+        ENV
     log:
         "logs/{dataset}/train_dpm.log",
     benchmark:
@@ -37,6 +39,8 @@ rule import_prior:
         model=directory("results/{dataset}/dpm/model"),
     wildcard_constraints:
         dataset=datasets_with_prior(("diffusers", "adm")),
+    conda:
+        ENV
     log:
         "logs/{dataset}/import_prior.log",
     params:
@@ -47,7 +51,7 @@ rule import_prior:
             else ""
         ),
     shell:
-        "{PY} -m pdae import {params.kind} {input.src} --out {output.model} {params.opts} > {log} 2>&1"
+        "python -m pdae import {params.kind} {input.src} --out {output.model} {params.opts} > {log} 2>&1"
 
 
 rule train_feature_net:
@@ -55,6 +59,8 @@ rule train_feature_net:
         config=lambda wc: train_config(wc.dataset, "feature_net"),
     output:
         model=directory("results/{dataset}/feature_net/model"),
+    conda:
+        ENV
     log:
         "logs/{dataset}/train_feature_net.log",
     benchmark:
@@ -68,7 +74,7 @@ rule train_feature_net:
         runtime=RES["train_runtime_min"],
         mem_mb=RES["train_mem_mb"],
     shell:
-        "OMP_NUM_THREADS={threads} {PY} -m pdae train feature-net --config {input.config} --out {output.model}"
+        "OMP_NUM_THREADS={threads} python -m pdae train feature-net --config {input.config} --out {output.model}"
         " {params.data} --seed 0 --device {params.device} --no-progress > {log} 2>&1"
 
 
@@ -79,6 +85,8 @@ rule train_autoencoder:
         dpm=lambda wc: [] if wc.variant == "diffae" else dpm_folder(wc),
     output:
         model=directory("results/{dataset}/{variant}/seed{seed}/model"),
+    conda:
+        ENV
     log:
         "logs/{dataset}/train_{variant}_seed{seed}.log",
     benchmark:
@@ -107,6 +115,8 @@ rule train_pdae_class:
         dpm=dpm_folder,
     output:
         model=directory("results/{dataset}/pdae_class/seed{seed}/model"),
+    conda:
+        ENV
     log:
         "logs/{dataset}/train_pdae_class_seed{seed}.log",
     benchmark:
@@ -133,6 +143,8 @@ rule train_latent:
         encoder="results/{dataset}/{ae}/seed{seed}/model",
     output:
         model=directory("results/{dataset}/{ae}/seed{seed}/latent"),
+    conda:
+        ENV
     log:
         "logs/{dataset}/train_latent_{ae}_seed{seed}.log",
     benchmark:
@@ -146,7 +158,7 @@ rule train_latent:
         runtime=RES["train_runtime_min"],
         mem_mb=RES["train_mem_mb"],
     shell:
-        "OMP_NUM_THREADS={threads} {PY} -m pdae train latent --config {input.config} --encoder {input.encoder}"
+        "OMP_NUM_THREADS={threads} python -m pdae train latent --config {input.config} --encoder {input.encoder}"
         " --out {output.model} {params.data} --seed {wildcards.seed} --device {params.device} --no-progress"
         " > {log} 2>&1"
 
@@ -158,6 +170,8 @@ rule train_classifier:
         encoder="results/{dataset}/{ae}/seed{seed}/model",
     output:
         model=directory("results/{dataset}/{ae}/seed{seed}/classifier"),
+    conda:
+        ENV
     log:
         "logs/{dataset}/train_classifier_{ae}_seed{seed}.log",
     benchmark:
@@ -170,6 +184,6 @@ rule train_classifier:
         runtime=RES["train_runtime_min"],
         mem_mb=RES["train_mem_mb"],
     shell:
-        "OMP_NUM_THREADS={threads} {PY} -m pdae train classifier --config {input.config} --encoder {input.encoder}"
+        "OMP_NUM_THREADS={threads} python -m pdae train classifier --config {input.config} --encoder {input.encoder}"
         " --out {output.model} {params.data} --seed {wildcards.seed} --device {params.device} --no-progress"
         " > {log} 2>&1"
