@@ -292,6 +292,18 @@ def run_ref_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+@torch.no_grad()
+def confident_fraction(classifier: torch.nn.Module, images: Tensor, threshold: float = 0.9, batch_size: int = 256) -> float:
+    """Fraction of images that `classifier` (logits for [-1, 1] images) assigns to one class with
+    softmax probability >= threshold: a per-sample quality measure for datasets with labels."""
+    device = next(classifier.parameters()).device
+    hits = 0
+    for i in range(0, len(images), batch_size):
+        probs = classifier(images[i : i + batch_size].to(device)).float().softmax(dim=1)
+        hits += int((probs.max(dim=1).values >= threshold).sum())
+    return hits / len(images)
+
+
 def run_uncond(args: argparse.Namespace) -> int:
     """Table 2 rows: FID (+KID) of unconditional samples at each DDIM step count (REFERENCE.md §5.7)."""
     from eval.fid import compute_fid
@@ -318,6 +330,13 @@ def run_uncond(args: argparse.Namespace) -> int:
     shape = image_shape(decoder, args.data)
     prov = common.provenance(decoder, label)
     rows, grid, row_labels = [], [], []
+    # With the domain backend, also the share of samples its classifier is confident about (and, as the
+    # reference, the share of real held-out images), a per-sample quality measure.
+    classifier = load_method(args.feature_net, device).net if args.backend == "domain" else None
+    if classifier is not None and label == "ddim":
+        real, _, _ = common.eval_images(common.data_spec(decoder, args.data), args.num_samples)
+        rows.append(common.record({**prov, "method": "real"}, "confident", confident_fraction(classifier, real),
+                                  backend.name, table="uncond", steps="-"))
     for steps in args.steps:
         samples = sample_unconditional(decoder, latent, args.num_samples, steps, seed=args.seed,
                                        stop_fraction=args.stop_fraction, convention=args.convention,
@@ -329,6 +348,8 @@ def run_uncond(args: argparse.Namespace) -> int:
         rows.append(common.record(prov, "fid", res["fid"], backend.name, **cols))
         if not args.no_kid:
             rows.append(common.record(prov, "kid", res["kid_mean"], backend.name, **cols))
+        if classifier is not None:
+            rows.append(common.record(prov, "confident", confident_fraction(classifier, samples), backend.name, **cols))
         grid.append(samples[: args.grid_samples])
         row_labels.append(f"{label} T={steps}")
     meta = dict(notes=NOTES_UNCOND, convention=args.convention, num_samples=args.num_samples,

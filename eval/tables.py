@@ -98,9 +98,17 @@ def parse_cell(text: str | None) -> Any:
 
 def tidy(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Copies of `rows` with `dataset` resolved to the paper slug (eval.paper.dataset_slug; the original name
-    kept in `data_source` where it changed) and the paper's number in `paper` / `paper_note`."""
+    kept in `data_source` where it changed) and the paper's number in `paper` / `paper_note`.
+
+    A measurement that several records files repeat (equal in every column but `config`, e.g. the few-shot
+    naive baseline, which both autoencoders' files carry) is kept once."""
     out = []
+    seen: set[tuple] = set()
     for row in rows:
+        key = tuple(sorted((k, str(v)) for k, v in row.items() if k != "config"))
+        if key in seen:
+            continue
+        seen.add(key)
         new = dict(row)
         slug = paper_mod.dataset_slug(row)
         if slug != row.get("dataset", "-"):

@@ -79,7 +79,8 @@ class SlurmCluster:
 
     def job(self, job_id: int) -> dict[str, str]:
         """`scontrol show job -o ID` as a dict (JobState, Restarts, ExitCode, ...); jobs stay visible MinJobAge s."""
-        proc = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True, timeout=30)
+        proc = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True,
+                              timeout=30)
         if proc.returncode != 0:
             raise SlurmError(f"scontrol show job {job_id}: {proc.stderr.strip()}")
         return dict(re.findall(r"(\w+)=(\S*)", proc.stdout))
@@ -91,25 +92,32 @@ class SlurmCluster:
             raise SlurmError(f"scontrol {' '.join(args)}: {proc.stderr.strip()}")
         return proc.stdout
 
-    def sacct(self, job_ids: list[int], timeout: float = 30) -> dict[int, dict[str, str]]:
-        """Accounting records {job id: {JobName, State, ExitCode, Comment, Restarts?...}} of finished jobs.
+    def sacct(self, job_ids: list[int] | None = None, name: str | None = None,
+              timeout: float = 30) -> dict[int, dict[str, str]]:
+        """Accounting records {job id: {"JobName", "State", "ExitCode", "Comment", "Partition"}} (`sacct -X`).
 
-        Needs the cluster's accounting (slurmdbd); waits up to `timeout` s until every job has a final record
-        (slurmctld sends them to slurmdbd asynchronously).
+        Select by `job_ids` or by job `name` (the slurm executor plugin names every job of one snakemake run
+        after the run's UUID, printed as "SLURM run ID: ...", and puts `rule_<rule>` in Comment). Waits up to
+        `timeout` s until every selected job has a final record: slurmctld reports to slurmdbd asynchronously.
+        Needs the cluster's accounting (slurmdbd, PDAE_SLURM_ACCOUNTING=1, the default).
         """
         if not self.accounting:
-            raise SlurmError("sacct needs accounting: start the cluster with PDAE_SLURM_ACCOUNTING=1")
+            raise SlurmError("sacct needs accounting: restart the cluster with PDAE_SLURM_ACCOUNTING=1")
+        if (job_ids is None) == (name is None):
+            raise ValueError("sacct: give exactly one of job_ids and name")
         fields = ["JobIDRaw", "JobName", "State", "ExitCode", "Comment", "Partition"]
+        select = ["-j", ",".join(map(str, job_ids))] if job_ids is not None else ["--name", str(name)]
         deadline = time.monotonic() + timeout
         while True:
-            proc = subprocess.run(["sacct", "-X", "-n", "-P", "-j", ",".join(map(str, job_ids)), "-o", ",".join(fields)],
+            proc = subprocess.run(["sacct", "-X", "-n", "-P", *select, "-o", ",".join(fields)],
                                   capture_output=True, text=True, timeout=30)
             if proc.returncode != 0:
                 raise SlurmError(f"sacct: {proc.stderr.strip()}")
             rows = {int(r[0]): dict(zip(fields[1:], r[1:])) for r in
                     (line.split("|") for line in proc.stdout.splitlines() if line.strip())}
-            done = all(j in rows and rows[j]["State"] not in ("PENDING", "RUNNING", "REQUEUED") for j in job_ids)
-            if done or time.monotonic() > deadline:
+            wanted = job_ids if job_ids is not None else list(rows)
+            done = all(j in rows and rows[j]["State"].split()[0] in FINAL_STATES for j in wanted)
+            if (done and rows) or time.monotonic() > deadline:
                 return rows
             time.sleep(0.2)
 
@@ -121,7 +129,8 @@ class SlurmCluster:
             if info.get("JobState") in states:
                 return info
             if time.monotonic() > deadline:
-                raise SlurmError(f"job {job_id} still {info.get('JobState')} after {timeout} s (wanted {sorted(states)})")
+                raise SlurmError(f"job {job_id} still {info.get('JobState')} after {timeout} s "
+                                 f"(wanted {sorted(states)})")
             time.sleep(0.1)
 
 
@@ -150,8 +159,8 @@ def start_cluster(slurm_dir: Path | None = None, timeout: float = 300) -> SlurmC
     if proc.returncode != 0:
         lines = (proc.stderr or proc.stdout).strip().splitlines() or [f"rc {proc.returncode}"]
         raise SlurmError(f"{UP.name} failed: {lines[-1]}")
-    started = [(name, int(pid)) for name, pid in
-               (line.split() for line in pids_file.read_text().splitlines() if line.strip())] if pids_file.exists() else []
+    lines = pids_file.read_text().splitlines() if pids_file.exists() else []
+    started = [(name, int(pid)) for name, pid in (line.split() for line in lines if line.strip())]
     accounting = "accounting_storage/slurmdbd" in (slurm_dir / "slurm.conf").read_text()
     _CLUSTER = SlurmCluster(slurm_dir, pids_file, started, time.perf_counter() - t0, accounting)
     atexit.register(stop_cluster)
@@ -162,10 +171,11 @@ def stop_cluster() -> None:
     """Stop the daemons this process started (none if the cluster was already running); idempotent."""
     global _CLUSTER
     cluster, _CLUSTER = _CLUSTER, None
-    if cluster is None or not cluster.started:
+    if cluster is None:
         return
-    env = {**os.environ, "SLURM_DIR": str(cluster.slurm_dir), "SLURM_PIDS": str(cluster.pids_file)}
-    subprocess.run(["bash", str(DOWN)], env=env, capture_output=True, text=True, timeout=120, check=False)
+    if cluster.started:
+        env = {**os.environ, "SLURM_DIR": str(cluster.slurm_dir), "SLURM_PIDS": str(cluster.pids_file)}
+        subprocess.run(["bash", str(DOWN)], env=env, capture_output=True, text=True, timeout=120, check=False)
     cluster.pids_file.unlink(missing_ok=True)
 
 

@@ -226,7 +226,9 @@ def test_ref_stats_and_uncond_cli_write_records_and_arrays(models, tmp_path):
                       "--arrays", str(arrays), "--grid-samples", "3", *backend]) == 0
     rows = common.read_records(out)
     assert [(r["method"], r["steps"], r["metric"]) for r in rows] == [
-        ("pdae", 2, "fid"), ("pdae", 2, "kid"), ("pdae", 5, "fid"), ("pdae", 5, "kid")]
+        ("pdae", 2, "fid"), ("pdae", 2, "kid"), ("pdae", 2, "confident"),
+        ("pdae", 5, "fid"), ("pdae", 5, "kid"), ("pdae", 5, "confident")]
+    assert all(0.0 <= r["value"] <= 1.0 for r in rows if r["metric"] == "confident")
     assert all(r["table"] == "uncond" and r["backend"] == "domain" and math.isfinite(r["value"]) for r in rows)
     assert all(r["value"] >= -1e-6 for r in rows if r["metric"] == "fid")
     meta = json.loads(out.read_text())["meta"]
@@ -241,7 +243,8 @@ def test_ref_stats_and_uncond_cli_write_records_and_arrays(models, tmp_path):
     out_dpm = tmp_path / "uncond_ddim.json"
     assert eval_main(["uncond", "--dpm", str(folders["dpm"]), "--steps", "5", "--num-samples", "8", "--no-kid",
                       "--ref-stats", str(stats), "--out", str(out_dpm), *backend]) == 0
-    assert [(r["method"], r["metric"]) for r in common.read_records(out_dpm)] == [("ddim", "fid")]
+    assert [(r["method"], r["metric"]) for r in common.read_records(out_dpm)] == [
+        ("real", "confident"), ("ddim", "fid"), ("ddim", "confident")]
 
 
 def test_uncond_cli_errors_are_one_line(models, tmp_path, capsys):
@@ -250,3 +253,21 @@ def test_uncond_cli_errors_are_one_line(models, tmp_path, capsys):
                       str(tmp_path / "o.json"), "--backend", "standard"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "--latent" in err and "\n" not in err
+
+
+def test_confident_fraction_counts_samples_above_threshold() -> None:
+    from eval.sample import confident_fraction
+
+    class Fixed(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):  # logits from the first pixel: p(class 0) = sigmoid(2 * 10 * x00)
+            v = x[:, 0, 0, 0] * 10
+            return torch.stack([v, -v], dim=1)
+
+    x = torch.zeros(4, 1, 2, 2)
+    x[:, 0, 0, 0] = torch.tensor([0.0, 0.05, 0.2, -0.5])  # p_max = 0.5, 0.73, 0.98, 1.0
+    assert confident_fraction(Fixed(), x, threshold=0.9) == 0.5
+    assert confident_fraction(Fixed(), x, threshold=0.5) == 1.0

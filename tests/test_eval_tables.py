@@ -299,3 +299,16 @@ def test_efficiency_markdown_shows_images_seen_and_wall_time() -> None:
     md = tables.render_markdown("efficiency", tables.aggregate(rows))
     assert "| dataset | method | images_seen | metric | wall_time_s | mean ± std | n |" in md
     assert "| digits | pdae | 100 | ssim | 12 | 0.6 ± 0.1414 | 2 |" in md
+
+
+def test_repeated_measurement_from_two_files_counts_once() -> None:
+    from eval.tables import aggregate, tidy
+
+    base = {"table": "fewshot", "dataset": "digits", "method": "naive", "scenario": "binary", "class": "0-4",
+            "seed": 0, "images_seen": "-", "code_version": "x", "backend": "domain", "metric": "fid", "value": 1.5}
+    rows = tidy([{**base, "config": "results/digits/pdae/seed0/model"},
+                 {**base, "config": "results/digits/diffae/seed0/model"},
+                 {**base, "seed": 1, "value": 2.5, "config": "results/digits/pdae/seed1/model"}])
+    assert len(rows) == 2
+    (agg,) = aggregate(rows)
+    assert agg["n"] == 2 and agg["mean"] == 2.0

@@ -19,7 +19,9 @@ PAPER = sorted((REPO / "config" / "paper").glob("*.yaml"))
 
 
 def snakemake(*args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # Rules call `python -m pdae` / `python -m eval`: put this interpreter's environment first on PATH.
+    path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": path}
     return subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
