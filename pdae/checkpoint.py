@@ -437,7 +437,10 @@ def save_model_folder(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         os.chmod(tmp, 0o777 & ~mask)
-        save_file(_tensors_for_file(tensors), str(tmp / TENSORS_FILE), metadata={"format": "pt", "pdae_format": FORMAT})
+        # One metadata key only: safetensors writes its metadata map in a per-process random order, and a
+        # model folder must be byte-identical whatever process wrote it (bitwise resume). The format tag
+        # lives in config.json.
+        save_file(_tensors_for_file(tensors), str(tmp / TENSORS_FILE), metadata={"format": "pt"})
         with open(tmp / TENSORS_FILE, "rb+") as handle:
             os.fsync(handle.fileno())
         os.chmod(tmp / TENSORS_FILE, 0o666 & ~mask)

@@ -1,12 +1,15 @@
 """The real one-node SLURM cluster the `slurm` tests run on, as a session fixture.
 
-`.ci/slurm-up.sh` installs Debian's `slurm-wlm` and `munge` if missing, starts `munged`, `slurmctld` and
-`slurmd` (node `localhost`, partition `debug`, everything under `$SLURM_DIR`, default /tmp/pdae-slurm)
-and waits until the node is idle; daemons that already answer are reused. `.ci/slurm-down.sh` stops
-exactly the daemons one `up` started, by the PIDs it recorded. CI runs `up` before pytest, so here the
-fixture finds the cluster running and starts nothing; on a developer machine the fixture starts it on
-first use and stops what it started at the end of the session (never earlier: with `scontrol`
-installed but no `slurmctld`, every snakemake start stalls 10-20 s, shared/ENVIRONMENT.md §4).
+`.ci/slurm-up.sh` installs Debian's `slurm-wlm`, `munge` (and, for accounting, `slurmdbd` and
+`mariadb-server`) if missing, starts `munged`, `mariadbd`, `slurmdbd`, `slurmctld` and `slurmd` (node
+`localhost`, partition `debug`, everything under `$PDAE_SLURM_DIR`, default /tmp/pdae-slurm) and waits until
+the node is idle; daemons that already answer are reused. `.ci/slurm-down.sh` stops exactly the daemons
+one `up` started, by the PIDs it recorded. CI runs `up` before pytest, so here the fixture finds the
+cluster running and starts nothing; on a developer machine the fixture starts it on first use and stops
+what it started at the end of the session (never earlier: with `scontrol` and a slurm.conf installed but
+no `slurmctld`, every snakemake start stalls 10-20 s, shared/ENVIRONMENT.md §4; `down` removes the
+config, so scontrol then fails at once). PDAE_SLURM_ACCOUNTING=0 starts it without accounting (no
+`sacct`; `SlurmCluster.accounting` is False).
 
 Use from any test module:
 
@@ -151,9 +154,9 @@ def start_cluster(slurm_dir: Path | None = None, timeout: float = 300) -> SlurmC
     global _CLUSTER
     if _CLUSTER is not None:
         return _CLUSTER
-    slurm_dir = Path(slurm_dir or os.environ.get("SLURM_DIR", "/tmp/pdae-slurm"))
+    slurm_dir = Path(slurm_dir or os.environ.get("PDAE_SLURM_DIR", "/tmp/pdae-slurm"))
     pids_file = slurm_dir / f"started.pytest-{os.getpid()}.pids"
-    env = {**os.environ, "SLURM_DIR": str(slurm_dir), "SLURM_PIDS": str(pids_file)}
+    env = {**os.environ, "PDAE_SLURM_DIR": str(slurm_dir), "PDAE_SLURM_PIDS": str(pids_file)}
     t0 = time.perf_counter()
     proc = subprocess.run(["bash", str(UP)], env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
@@ -174,7 +177,7 @@ def stop_cluster() -> None:
     if cluster is None:
         return
     if cluster.started:
-        env = {**os.environ, "SLURM_DIR": str(cluster.slurm_dir), "SLURM_PIDS": str(cluster.pids_file)}
+        env = {**os.environ, "PDAE_SLURM_DIR": str(cluster.slurm_dir), "PDAE_SLURM_PIDS": str(cluster.pids_file)}
         subprocess.run(["bash", str(DOWN)], env=env, capture_output=True, text=True, timeout=120, check=False)
     cluster.pids_file.unlink(missing_ok=True)
 

@@ -4,7 +4,7 @@ The cluster comes from `tests/slurm_cluster.py` (started by `.ci/slurm-up.sh` in
 interrupted twice, the two ways a cluster interrupts work: SLURM requeues it (what preemption with
 `--requeue` does: same job id, `Restarts=1`), then it is cancelled with `scancel` and submitted again as a
 new job (what snakemake `--retries` does). Each run continues from `<out>.resume/state.pt`; the final
-model must be byte-identical to an uninterrupted local run with the same seed.
+weights must be byte-identical to an uninterrupted local run with the same seed.
 """
 
 from __future__ import annotations
@@ -133,7 +133,11 @@ def test_preempted_then_cancelled_training_job_resumes_to_identical_weights(
     slurm_cluster.wait_state(job, {"PENDING"})  # its processes are gone
     first_stop = _images_in(state)
     assert 0 < first_stop < IMAGES // 2 and not out.exists()
-    slurm_cluster.scontrol("update", f"JobId={job}", "StartTime=now")  # a requeued job otherwise waits ~2 min
+    # A requeued job waits ~2 min before it may start again; start it now. But not within the second of the
+    # requeue: slurmd revoked the old credential at that second and refuses ("Job credential revoked") a new
+    # one with the same timestamp, failing the job.
+    time.sleep(2)
+    slurm_cluster.scontrol("update", f"JobId={job}", "StartTime=now")
 
     # 2. The same job, restarted, is cancelled past half of its budget and submitted again as a new job.
     _wait_until(lambda: _images_in(state) >= IMAGES // 2, "the requeued job to pass half of the budget",
