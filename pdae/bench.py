@@ -25,8 +25,8 @@ from pdae.methods.base import per_sample_mean, sample_noise, sample_timesteps
 PRESETS: dict[str, dict[str, Any]] = {
     "embedded": {
         "data": {"image_size": 16, "channels": 1},
-        "unet": {"base_channels": 32, "channel_mult": [1, 2, 2], "num_res_blocks": 2, "attention_ds": [4],
-                 "dropout": 0.1},
+        "unet": {"base_channels": 32, "channel_mult": [1, 2, 2], "num_res_blocks": 1, "attention_ds": [4],
+                 "dropout": 0.0},
         "encoder": {"latent_dim": 64, "channels": [32, 64], "attention_resolutions": []},
         "diffae_encoder": {"enc_channel_mult": [1, 2, 2], "enc_attention_resolutions": [4]},
         "diffae_attention": [4],

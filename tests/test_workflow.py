@@ -6,23 +6,19 @@ import os
 import re
 import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.conftest import run_snakemake
+
 REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 PAPER = sorted((REPO / "config" / "paper").glob("*.yaml"))
 
 
 def snakemake(*args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
-    # Rules call `python -m pdae` / `python -m eval`: put this interpreter's environment first on PATH.
-    path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": path}
-    return subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    return run_snakemake(*args, cwd=cwd, timeout=timeout)
 
 
 def test_lint_reports_nothing() -> None:
@@ -71,17 +67,8 @@ def _chromium() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def test_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The whole `.test` DAG, run once in a copy of .test (so the repository stays clean)."""
-    work = tmp_path_factory.mktemp("dag")
-    shutil.copytree(REPO / ".test" / "config", work / "config")
-    start = time.perf_counter()
-    proc = snakemake("--snakefile", str(REPO / "Snakefile"), "--directory", str(work), "--cores", "2",
-                     "--show-failed-logs", timeout=900)
-    elapsed = time.perf_counter() - start
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
-    (work / "elapsed_s.txt").write_text(f"{elapsed:.1f}\n")
-    return work
+def test_run(local_dag_run: Path) -> Path:
+    return local_dag_run
 
 
 def test_whole_dag_writes_every_table_and_figure(test_run: Path) -> None:

@@ -45,7 +45,8 @@ rule evaluate_reconstruction:
         device=config["device"],
         backend=backend_args,
         steps=" ".join(str(s) for s in EVAL["recon"]["steps"]),
-        ddpm=lambda wc: "--ddpm" if wc.rmethod == "pdae" and EVAL["recon"]["ddpm"] else "",
+        ddpm=lambda wc: "--ddpm" if wc.rmethod == "pdae" and EVAL["recon"]["ddpm"] and int(wc.seed) in ABLATION_SEEDS
+        else "",
         n=EVAL["recon"]["num_images"],
         data=data_override,
     shell:
