@@ -202,3 +202,35 @@ def test_missing_config_and_missing_dpm_are_one_line_errors(tmp_path: Path) -> N
         train("pdae", cfg, tmp_path / "p", progress=False)
     with pytest.raises(ConfigError, match="x.ema_decay: must be in"):
         from_dict(TrainConfig, {"ema_decay": 1.5}, "x")
+
+
+@pytest.mark.parametrize("problem", ["missing", "empty", "truncated", "channels", "labels"])
+def test_bad_data_is_one_line_error_naming_the_file(tmp_path: Path, problem: str) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    data = {"name": "folder", "path": str(folder), "image_size": 8, "channels": 3}
+    if problem != "missing":
+        folder.mkdir()
+    if problem not in ("missing", "empty"):
+        for i in range(4):
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(folder / f"img{i}.png")
+    culprit = {"missing": "images", "empty": "images", "truncated": "img2.png", "channels": "img1.png",
+               "labels": "labels.csv"}[problem]
+    if problem == "truncated":
+        raw = (folder / "img2.png").read_bytes()
+        (folder / "img2.png").write_bytes(raw[: len(raw) // 2])
+    elif problem == "channels":
+        Image.new("L", (8, 8), 7).save(folder / "img1.png")
+    elif problem == "labels":
+        (folder / "labels.csv").write_text("file,label\nimg0.png,0\nimg1.png,1\n")
+        data["labels"] = str(folder / "labels.csv")
+    cfg = tiny_config()
+    cfg.data = data
+    path = write_config(tmp_path / "cfg.yaml", cfg)
+    out = tmp_path / "model"
+    proc = subprocess.run(_cli("dpm", "--config", str(path), "--out", str(out)), capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and culprit in lines[0], proc.stderr
+    assert not out.exists() and not (tmp_path / "model.resume").exists()
