@@ -11,6 +11,7 @@ rule train_dpm:
         model=directory("results/{dataset}/dpm/model"),
     wildcard_constraints:
         dataset=datasets_with_prior(("native",)),
+    priority: 10  # PDAE and the evaluations wait for it: start it first
     conda:
         ENV
     log:
