@@ -95,11 +95,14 @@ def test_rerun_does_nothing_and_deleting_a_model_reruns_only_dependents(test_run
 
     shutil.rmtree(test_run / "results" / "digits" / "diffae" / "seed0" / "latent")
     dry = snakemake("--snakefile", str(REPO / "Snakefile"), "--directory", str(test_run), "-n")
-    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", dry.stdout, flags=re.M))
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", dry.stdout + dry.stderr, flags=re.M))
     assert jobs.get("train_latent") == "1"
     for untouched in ("train_dpm", "train_autoencoder", "train_feature_net", "evaluate_reconstruction", "evaluate_gap"):
         assert untouched not in jobs, (untouched, jobs)
     assert "evaluate_unconditional" in jobs and "evaluate_fewshot" in jobs and "make_tables" in jobs
+    rerun = snakemake("--snakefile", str(REPO / "Snakefile"), "--directory", str(test_run), "--cores", "2")
+    assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-3000:]
+    assert (test_run / "results" / "digits" / "diffae" / "seed0" / "latent" / "model.safetensors").is_file()
 
 
 @pytest.mark.skipif(_chromium() is None and not os.environ.get("CI"), reason="chromium not installed (CI installs it)")

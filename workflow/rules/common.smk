@@ -68,13 +68,17 @@ def data_override(wildcards):
     return f"--data {path}" if path else ""
 
 
-def dpm_folder(wildcards):
+def prior_folder(dataset):
     """The frozen prior: a native model folder given in the config, else results/{dataset}/dpm/model, which
     `train_dpm` trains or `import_prior` converts from a diffusers / openai ADM checkpoint."""
-    prior = settings(wildcards.dataset)["prior"]
+    prior = settings(dataset)["prior"]
     if prior["kind"] == "native" and prior.get("path"):
         return prior["path"]
-    return f"results/{wildcards.dataset}/dpm/model"
+    return f"results/{dataset}/dpm/model"
+
+
+def dpm_folder(wildcards):
+    return prior_folder(wildcards.dataset)
 
 
 def datasets_with_prior(kinds):
@@ -107,8 +111,22 @@ def backend_inputs(wildcards):
     return [f"results/{wildcards.dataset}/feature_net/model"]
 
 
+def model_outputs():
+    """Every trained model folder: targets too, so deleting one retrains it and reruns what depends on it."""
+    out = []
+    for d in DATASETS:
+        out += [prior_folder(d)]
+        for s in SEEDS:
+            out += [f"results/{d}/{ae}/seed{s}/{part}" for ae in AUTOENCODERS for part in ("model", "latent", "classifier")]
+        for s in ABLATION_SEEDS:
+            out += [f"results/{d}/pdae_uniform/seed{s}/model", f"results/{d}/pdae_class/seed{s}/model"]
+        if config["metric_backend"] == "domain":
+            out += [f"results/{d}/feature_net/model"]
+    return out
+
+
 def final_outputs():
-    return [*table_outputs(), *plot_outputs()]
+    return [*table_outputs(), *plot_outputs(), *model_outputs()]
 
 
 def recon_model(wc):

@@ -49,7 +49,7 @@ rule plot_figure:
     input:
         lambda wc: plot_inputs(wc.dataset, wc.kind),
     output:
-        png=report("results/plots/{kind}_{dataset}.png", caption="../report/plot_{kind}.rst", category="Figures",
+        png=report("results/plots/{kind}_{dataset}.png", caption="../report/plot.rst", category="Figures",
                    subcategory="{dataset}", labels={"figure": "{kind}", "dataset": "{dataset}"}),
     wildcard_constraints:
         kind="|".join(PLOT_KINDS),
