@@ -287,7 +287,7 @@ def _folder_case(tmp_path: Path, case: str) -> tuple[dict, str]:
     if case == "empty_folder":
         (root / "readme.txt").write_text("x")
         return spec, "imgs"
-    ok = _save(root / "ok.png", np.zeros((8, 8, 3)))
+    _save(root / "ok.png", np.zeros((8, 8, 3)))  # one good image beside the bad one
     if case == "truncated_png":
         _save(root / "bad.png", np.random.default_rng(0).integers(0, 255, (32, 32, 3)))
         (root / "bad.png").write_bytes((root / "bad.png").read_bytes()[:300])
