@@ -150,6 +150,30 @@ def backend_from_args(args: argparse.Namespace, device: str | torch.device = "cp
     return domain_backend(load_method(args.feature_net, device).net).to(device)
 
 
+# What each command-line model flag accepts (method names of pdae.methods).
+MODEL_KINDS = {
+    "autoencoder": (("pdae", "diffae"), "pdae or diffae"),
+    "latent": (("latent",), "a latent DPM"),
+    "classifier": (("classifier",), "a latent classifier"),
+    "dpm": (("dpm",), "a plain DPM"),
+}
+
+
+def load_model(folder: str, flag: str, device: str | torch.device = "cpu", companion_of: Any = None) -> Any:
+    """`load_method(folder)` checked against what `--flag` accepts (MODEL_KINDS); with `companion_of` (an
+    autoencoder), also check that the model works on that autoencoder's latent dimension. One-line errors."""
+    from pdae.methods import load_method
+
+    method = load_method(folder, device)
+    names, description = MODEL_KINDS[flag]
+    if method.name not in names:
+        raise ValueError(f"{folder}: --{flag} must be {description}, got {method.name!r}")
+    if companion_of is not None and int(method.stats.mean.shape[0]) != int(companion_of.latent_dim):
+        raise ValueError(f"{folder}: latent dim {int(method.stats.mean.shape[0])} != "
+                         f"the autoencoder's {companion_of.latent_dim}")
+    return method
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -128,12 +128,9 @@ def consecutive_distances(frames: Tensor, distance: Callable[[Tensor, Tensor], T
 
 
 def run_interpolate(args: argparse.Namespace) -> int:
-    from pdae.methods import load_method
 
     device = common.resolve_device(args.device)
-    method = load_method(args.autoencoder, device)
-    if method.name not in ("pdae", "diffae"):
-        raise ValueError(f"{args.autoencoder}: --autoencoder must be pdae or diffae, got {method.name!r}")
+    method = common.load_model(args.autoencoder, "autoencoder", device)
     lams = [float(v) for v in args.lams]
     if any(not 0.0 <= v <= 1.0 for v in lams) or lams != sorted(lams) or len(lams) < 2:
         raise ValueError(f"--lams must be >= 2 increasing values in [0, 1], got {lams}")
@@ -244,18 +241,10 @@ def manipulate_images(
 
 def run_manipulate(args: argparse.Namespace) -> int:
     from pdae.data import build_dataset
-    from pdae.methods import load_method
 
     device = common.resolve_device(args.device)
-    method = load_method(args.autoencoder, device)
-    classifier = load_method(args.classifier, device)
-    if method.name not in ("pdae", "diffae"):
-        raise ValueError(f"{args.autoencoder}: --autoencoder must be pdae or diffae, got {method.name!r}")
-    if classifier.name != "classifier":
-        raise ValueError(f"{args.classifier}: --classifier must be a latent classifier, got {classifier.name!r}")
-    if int(classifier.stats.mean.shape[0]) != int(method.latent_dim):
-        raise ValueError(f"{args.classifier}: classifier latent dim {int(classifier.stats.mean.shape[0])} != "
-                         f"autoencoder latent dim {method.latent_dim}")
+    method = common.load_model(args.autoencoder, "autoencoder", device)
+    classifier = common.load_model(args.classifier, "classifier", device, companion_of=method)
     clf_ds = build_dataset(common.data_spec(classifier, args.data), split="train")
     kind = classifier.method_kwargs.get("targets", "labels")
     names = clf_ds.attribute_names if kind == "attributes" else clf_ds.class_names

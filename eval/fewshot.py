@@ -316,18 +316,10 @@ def _latent_drawer(latent: Any, steps: int, seed: int, convention: str) -> Calla
 def run_fewshot(args: argparse.Namespace) -> int:
     from eval.fid import compute_fid
     from pdae.data import build_dataset
-    from pdae.methods import load_method
 
     device = common.resolve_device(args.device)
-    ae = load_method(args.autoencoder, device)
-    latent = load_method(args.latent, device)
-    if ae.name not in ("pdae", "diffae"):
-        raise ValueError(f"{args.autoencoder}: --autoencoder must be pdae or diffae, got {ae.name!r}")
-    if latent.name != "latent":
-        raise ValueError(f"{args.latent}: --latent must be a latent DPM, got {latent.name!r}")
-    if int(latent.stats.mean.shape[0]) != int(ae.latent_dim):
-        raise ValueError(f"{args.latent}: latent dim {int(latent.stats.mean.shape[0])} "
-                         f"!= autoencoder's {ae.latent_dim}")
+    ae = common.load_model(args.autoencoder, "autoencoder", device)
+    latent = common.load_model(args.latent, "latent", device, companion_of=ae)
     for name in ("num_labelled", "num_samples", "max_draws"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")

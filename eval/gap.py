@@ -264,9 +264,7 @@ def run_gap(args: argparse.Namespace) -> int:
     device = common.resolve_device(args.device)
     pdae = _load_pdae(args.pdae, device)
     if args.dpm:
-        dpm = load_method(args.dpm, device)
-        if dpm.name != "dpm":
-            raise ValueError(f"{args.dpm}: --dpm must be a plain DPM, got {dpm.name!r}")
+        dpm = common.load_model(args.dpm, "dpm", device)
         models = {"dpm": gap_model(dpm), "pdae": gap_model(pdae)}
     else:
         models = pdae_gap_models(pdae)

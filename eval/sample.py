@@ -313,18 +313,13 @@ def run_uncond(args: argparse.Namespace) -> int:
     if (args.dpm is None) == (args.autoencoder is None):
         raise ValueError("uncond: pass either --dpm DIR or --autoencoder DIR --latent DIR")
     if args.dpm is not None:
-        decoder, latent = load_method(args.dpm, device), None
-        if decoder.name != "dpm":
-            raise ValueError(f"{args.dpm}: --dpm must be a plain DPM, got method {decoder.name!r}")
+        decoder, latent = common.load_model(args.dpm, "dpm", device), None
         label = "ddim"
     else:
         if args.latent is None:
             raise ValueError("uncond: --autoencoder needs --latent DIR (its latent DPM)")
-        decoder, latent = load_method(args.autoencoder, device), load_method(args.latent, device)
-        if decoder.name not in ("pdae", "diffae"):
-            raise ValueError(f"{args.autoencoder}: --autoencoder must be pdae or diffae, got {decoder.name!r}")
-        if latent.name != "latent":
-            raise ValueError(f"{args.latent}: --latent must be a latent DPM, got {latent.name!r}")
+        decoder = common.load_model(args.autoencoder, "autoencoder", device)
+        latent = common.load_model(args.latent, "latent", device, companion_of=decoder)
         label = decoder.name
     backend = common.backend_from_args(args, device)
     shape = image_shape(decoder, args.data)
