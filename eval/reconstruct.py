@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,17 +66,51 @@ class ReconSetting:
         return f"DDIM T={self.steps} {self.x_T} x_T{enc}"
 
 
+def parse_encode_steps(values: Sequence[str | int] | int | None) -> list[int | None]:
+    """`--encode-steps` values -> encode-step rules: None ("same": the decode steps) or a positive int."""
+    if values is None:
+        return [None]
+    if isinstance(values, (int, str)):
+        values = [values]
+    out: list[int | None] = []
+    for v in values:
+        if str(v) == "same":
+            rule = None
+        else:
+            try:
+                rule = int(v)
+            except ValueError:
+                raise ValueError(f"--encode-steps: expected 'same' or a positive integer, got {v!r}") from None
+            if rule < 1:
+                raise ValueError(f"--encode-steps: expected 'same' or a positive integer, got {v!r}")
+        if rule not in out:
+            out.append(rule)
+    return out
+
+
 def recon_settings(
-    steps: list[int], x_T_modes: list[str], encode_steps: int | None, ddpm: bool, T: int
+    steps: list[int], x_T_modes: list[str], encode_steps: Sequence[str | int] | int | None, ddpm: bool, T: int
 ) -> list[ReconSetting]:
-    """The settings of one run: every (x_T mode, steps) pair, plus DDPM from random x_T if `ddpm`."""
+    """The settings of one run: every (x_T mode, steps) pair, plus DDPM from random x_T if `ddpm`.
+
+    Inferred x_T gets one setting per encode-step rule (`parse_encode_steps`: "same" = the decode steps,
+    Diff-AE's inv<T>; an integer such as 1000 = the official PDAE script's ddim1000 encoding); duplicates
+    (e.g. "same" and 100 at T = 100) are measured once.
+    """
     for mode in x_T_modes:
         if mode not in ("random", "inferred"):
             raise ValueError(f"--x-T: expected random or inferred, got {mode!r}")
-    out = []
+    rules = parse_encode_steps(encode_steps)
+    out: list[ReconSetting] = []
     for mode in x_T_modes:
         for s in steps:
-            out.append(ReconSetting(mode, int(s), "ddim", (encode_steps or int(s)) if mode == "inferred" else None))
+            if mode != "inferred":
+                out.append(ReconSetting(mode, int(s), "ddim", None))
+                continue
+            for rule in rules:
+                setting = ReconSetting(mode, int(s), "ddim", int(s) if rule is None else rule)
+                if setting not in out:
+                    out.append(setting)
     if ddpm:
         out.append(ReconSetting("random", T, "ddpm", None))
     return out
@@ -216,7 +251,8 @@ def run(args: argparse.Namespace) -> int:
     per_setting = {s: recon_metrics(x0, rec, backend) for s, rec in recs.items()}
     rows = recon_records(method, per_setting, tuple(x0.shape[1:]), backend.name)
     meta = dict(notes=NOTES, convention=args.convention, num_images=int(x0.shape[0]), split="test",
-                encode_steps_rule="same as decode steps" if args.encode_steps is None else int(args.encode_steps),
+                encode_steps_rule=" ".join("same as decode steps" if r is None else str(r)
+                                           for r in parse_encode_steps(args.encode_steps)),
                 noise_seed=args.seed)
     common.write_records(args.out, rows, **meta)
     if args.arrays:
@@ -242,8 +278,9 @@ def register_cli(subparsers: Any) -> None:
     p.add_argument("--model", required=True, help="pdae, diffae or dpm model folder (dpm rows are labelled 'ddim')")
     p.add_argument("--steps", type=int, nargs="+", default=list(PAPER_STEPS), help="DDIM decode steps")
     p.add_argument("--x-T", dest="x_T", nargs="+", default=["random", "inferred"], choices=("random", "inferred"))
-    p.add_argument("--encode-steps", type=int, default=None,
-                   help="DDIM inversion steps for inferred x_T (default: the decode steps, Diff-AE's protocol)")
+    p.add_argument("--encode-steps", nargs="+", default=["same"], metavar="same|N",
+                   help="DDIM inversion steps for inferred x_T, one row set per value: 'same' = the decode steps "
+                        "(Diff-AE's inv<T>), N = a fixed count (the official PDAE script encodes with 1000)")
     p.add_argument("--ddpm", action="store_true", help="also stochastic DDPM decoding from random x_T (Fig. 6)")
     p.add_argument("--convention", choices=("paper", "current"), default="paper", help="DDIM respacing (REFERENCE 1.6)")
     p.add_argument("--num-images", type=int, default=64, help="first N held-out images")

@@ -87,6 +87,18 @@ def test_settings_and_latent_dims(models):
         recon_settings([10], ["sampled"], None, False, 1000)
 
 
+def test_several_encode_step_rules_give_one_setting_each_without_duplicates():
+    # "same" (Diff-AE's inv<T>) and 100 (a fixed count, as the official PDAE script's ddim1000) at T = 10, 100.
+    settings = recon_settings([10, 100], ["random", "inferred"], ["same", "100"], False, 1000)
+    assert [(s.x_T, s.steps, s.encode_steps) for s in settings] == [
+        ("random", 10, None), ("random", 100, None),
+        ("inferred", 10, 10), ("inferred", 10, 100), ("inferred", 100, 100)]
+    assert [s.label for s in settings][3] == "DDIM T=10 inferred x_T enc=100"
+    for bad in (["0"], ["ten"], ["-5"]):
+        with pytest.raises(ValueError, match="--encode-steps"):
+            recon_settings([10], ["inferred"], bad, False, 1000)
+
+
 def test_inferred_x_T_reconstructs_and_random_x_T_does_not():
     dpm = GaussianDPM(0.3)
     x0 = 0.3 * torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -176,6 +188,14 @@ def test_reconstruct_cli_records_and_grid(models, tmp_path):
                       "--encode-steps", "10", "--ddpm", "--num-images", "2", "--out", str(out_dpm), *backend]) == 0
     rows = common.read_records(out_dpm)
     assert {(r["method"], r["x_T"], r["encode_steps"], r["latent_dim"]) for r in rows} == {("ddim", "inferred", 10, 64)}
+
+    # Two protocols in one run: encode with the decode steps and with a fixed count; rows keyed by encode_steps.
+    out_two = tmp_path / "recon_two.json"
+    assert eval_main(["reconstruct", "--model", str(folders["pdae"]), "--steps", "5", "--x-T", "inferred",
+                      "--encode-steps", "same", "10", "--num-images", "2", "--out", str(out_two), *backend]) == 0
+    rows = common.read_records(out_two)
+    assert sorted({r["encode_steps"] for r in rows}) == [5, 10] and len(rows) == 2 * 3
+    assert json.loads(out_two.read_text())["meta"]["encode_steps_rule"] == "same as decode steps 10"
 
 
 def test_reconstruct_cli_errors_are_one_line(models, tmp_path, capsys):
