@@ -304,17 +304,31 @@ def efficiency_records(pdae_dirs: Sequence[str | Path], diffae_dirs: Sequence[st
     return rows
 
 
+def snapshot_at(model_dir: str | Path, images: int | None) -> Path:
+    """The folder of `model_dir`'s model after exactly `images` training images (a snapshot or the final model);
+    None: the final model."""
+    if images is None:
+        return Path(model_dir)
+    for snap in list_snapshots(model_dir):
+        if snap.images_seen == images:
+            return snap.folder
+    seen = ", ".join(str(s.images_seen) for s in list_snapshots(model_dir))
+    raise ValueError(f"{model_dir}: no snapshot at {images} images (has {seen}); add it to train.snapshot_images")
+
+
 def ablation_records(run_dirs: Sequence[str | Path], *, steps: int = 20, num_images: int = 64, seed: int = 0,
                      batch_size: int = 64, device: Any = "cpu", data: str | None = None,
-                     reconstruct: ReconstructFn | None = None) -> list[dict[str, Any]]:
+                     reconstruct: ReconstructFn | None = None, images: int | None = None) -> list[dict[str, Any]]:
     """Weighting ablation (paper §3.4): for each PDAE run, its `method.weighting` (snr | uniform), the
-    reconstruction SSIM / MSE of the final model, loss_cv (last half of the log) and loss_final."""
+    reconstruction SSIM / MSE, loss_cv (last half of the log) and loss_final, all at the same budget: after
+    `images` training images (a snapshot of a longer run, and the log up to it), else the final models."""
     if not run_dirs:
         raise ValueError("ablation needs PDAE model folders (--runs)")
     x0 = _eval_set(run_dirs[0], data, num_images)
     rows: list[dict[str, Any]] = []
     weightings = set()
-    for folder in run_dirs:
+    for run in run_dirs:
+        folder = snapshot_at(run, images)
         method, values = evaluate_model(folder, x0, steps=steps, seed=seed, batch_size=batch_size, device=device,
                                         metrics=("ssim", "mse"), reconstruct=reconstruct)
         if method.name != "pdae":
@@ -324,7 +338,10 @@ def ablation_records(run_dirs: Sequence[str | Path], *, steps: int = 20, num_ima
         prov = provenance(method)
         cols = {"table": "ablation", "weighting": weighting, "steps": steps}
         rows += [record(prov, k, v, "-", **cols) for k, v in values.items()]
-        losses = [float(r["loss"]) for r in read_train_log(folder)]
+        log = read_train_log(run)
+        losses = [float(r["loss"]) for r in log if images is None or int(r["images_seen"]) <= images]
+        if not losses:
+            raise ValueError(f"{run}: no logged loss up to {images} images")
         rows.append(record(prov, "loss_cv", loss_cv(losses), "-", **cols))
         rows.append(record(prov, "loss_final", losses[-1], "-", **cols))
     return rows
@@ -363,10 +380,14 @@ def _run_efficiency(args: argparse.Namespace) -> int:
 
 def _run_ablation(args: argparse.Namespace) -> int:
     _check_positive(args)
+    if args.images is not None and args.images < 1:
+        raise ValueError(f"--images must be >= 1, got {args.images}")
     rows = ablation_records(args.runs, steps=args.steps, num_images=args.num_images, seed=args.seed,
-                            batch_size=args.batch_size, device=resolve_device(args.device), data=args.data)
+                            batch_size=args.batch_size, device=resolve_device(args.device), data=args.data,
+                            images=args.images)
     write_records(args.out, rows, notes=[RECON_NOTE, "loss_cv: population std / mean of the last half of the "
-                                         "logged losses"], num_images=args.num_images, steps=args.steps)
+                                         "logged losses"], num_images=args.num_images, steps=args.steps,
+                  images="final models" if args.images is None else args.images)
     print(args.out)
     return 0
 
@@ -385,5 +406,8 @@ def register_cli(subparsers: Any) -> None:
     q = subparsers.add_parser("ablation", help="loss-weighting ablation: PDAE snr vs uniform weighting",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     q.add_argument("--runs", nargs="+", required=True, help="PDAE model folders (method.weighting snr or uniform)")
+    q.add_argument("--images", type=int, default=None,
+                   help="compare every run after this many training images (a snapshot or the final model, and the "
+                        "log up to it); default: the final models")
     _add_common(q)
     q.set_defaults(func=_run_ablation)

@@ -175,6 +175,18 @@ def test_ablation_and_cli(runs: dict[str, Path], tmp_path: Path) -> None:
     assert by[("uniform", "loss_cv")] == pytest.approx(1 / 3) and by[("uniform", "loss_final")] == 4.0
     assert by[("snr", "mse")] / by[("uniform", "mse")] == pytest.approx((50 / 500) ** 2 / (50 / 200) ** 2)
     assert {r["table"] for r in rows} == {"ablation"}
+    # At a common budget of 100 images: both runs' snapshots at 100 images, and their logs up to 100 images
+    # (log lines at 32, 64, 96, 128 images: the first three losses).
+    rows = efficiency.ablation_records([runs["pdae"], runs["uniform"]], steps=2, num_images=4,
+                                       reconstruct=stub_reconstruct, images=100)
+    by = {(r["weighting"], r["metric"]): r["value"] for r in rows}
+    assert {(r["weighting"], r["images_seen"]) for r in rows} == {("snr", 100), ("uniform", 100)}
+    assert by[("snr", "loss_final")] == 1.0 and by[("uniform", "loss_final")] == 2.0
+    assert by[("snr", "loss_cv")] == pytest.approx(1 / 3)  # last half of [4, 2, 1]: [2, 1]
+    assert by[("snr", "mse")] == pytest.approx(by[("uniform", "mse")])  # same images seen: same stub error
+    with pytest.raises(ValueError, match="no snapshot at 200 images"):
+        efficiency.ablation_records([runs["pdae"], runs["uniform"]], steps=2, num_images=4,
+                                    reconstruct=stub_reconstruct, images=200)
 
     parser = argparse.ArgumentParser()
     efficiency.register_cli(parser.add_subparsers())
