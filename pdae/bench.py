@@ -25,14 +25,16 @@ from pdae.methods.base import per_sample_mean, sample_noise, sample_timesteps
 PRESETS: dict[str, dict[str, Any]] = {
     "embedded": {
         "data": {"image_size": 16, "channels": 1},
+        "batch_size": 32,  # config/train/digits16/*.yaml
         "unet": {"base_channels": 32, "channel_mult": [1, 2, 2], "num_res_blocks": 1, "attention_ds": [4],
                  "dropout": 0.0},
-        "encoder": {"latent_dim": 64, "channels": [32, 64], "attention_resolutions": []},
+        "encoder": {"latent_dim": 64, "channels": [64, 128], "attention_resolutions": []},
         "diffae_encoder": {"enc_channel_mult": [1, 2, 2], "enc_attention_resolutions": [4]},
         "diffae_attention": [4],
     },
     "ffhq128": {
         "data": {"image_size": 128, "channels": 3},
+        "batch_size": 64,  # per GPU (the paper's global batch 128 on two GPUs)
         "unet": {"base_channels": 128, "channel_mult": [1, 1, 2, 3, 4], "num_res_blocks": 2, "attention_ds": [8],
                  "dropout": 0.1},
         "encoder": {"latent_dim": 512},
@@ -107,13 +109,17 @@ def time_training_steps(
     }
 
 
-def run_benchmark(preset: str, batch_size: int, steps: int, warmup: int, device: str, out: str | None) -> dict:
-    """Print (and optionally write) images/s per method and the PDAE / Diff-AE ratio, measured in one run."""
+def run_benchmark(preset: str, batch_size: int | None, steps: int, warmup: int, device: str, out: str | None) -> dict:
+    """Print (and optionally write) images/s per method and the PDAE / Diff-AE ratio, measured in one run.
+
+    batch_size None: the preset's training batch.
+    """
     from pdae.provenance import code_version, utc_now
     from pdae.training import resolve_device
 
     dev = resolve_device(device)
     methods = build_methods(preset)
+    batch_size = int(PRESETS[preset]["batch_size"] if batch_size is None else batch_size)
     data = PRESETS[preset]["data"]
     shape = (data["channels"], data["image_size"], data["image_size"])
     results = {}

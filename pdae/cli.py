@@ -5,7 +5,7 @@ Examples:
   pdae train pdae --config pdae.yaml --dpm results/digits/dpm/model --out results/digits/pdae/seed0/model --seed 0
   torchrun --standalone --nproc_per_node 4 -m pdae train diffae --config diffae.yaml --out runs/diffae
   pdae import pdae-dpm pre-trained-dpms/ffhq128 --out models/ffhq128_dpm
-  pdae bench --image-size 16 --batch-size 64
+  pdae bench --preset embedded --batch-size 32
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="training throughput (images/s) of DPM, PDAE and Diff-AE",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", default="embedded", help="embedded | ffhq128 (network sizes)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per step (default: the preset's training batch: embedded 32, ffhq128 64)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per method (after warm-up)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="auto")
