@@ -63,6 +63,18 @@ def train_config(dataset, method):
     return os.path.join(settings(dataset)["train_configs"], f"{method}.yaml")
 
 
+def ablation_images(wildcards):
+    """Budget of the weighting ablation: the uniform-weighting run's train.images; the paper-weighted PDAE is
+    compared at its snapshot after as many images (train.snapshot_images of pdae.yaml must contain it)."""
+    import yaml
+
+    path = train_config(wildcards.dataset, "pdae_uniform")
+    try:
+        return int(yaml.safe_load(Path(path).read_text())["train"]["images"])
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as exc:
+        _fail(f"{path}: cannot read train.images ({type(exc).__name__})")
+
+
 def data_override(wildcards):
     path = settings(wildcards.dataset).get("data_path")
     return f"--data {path}" if path else ""
@@ -93,6 +105,26 @@ def launcher(resources):
     if gpus > 1:
         return f"torchrun --standalone --nproc_per_node {gpus} -m pdae"
     return "python -m pdae"
+
+
+def recon_x_T_modes(wildcards):
+    """x_T modes of evaluate_reconstruction. The plain DPM's inferred x_T (DDIM inversion, then decoding) is
+    deterministic and the DPM is shared by all seeds: measured once, on the first seed; its random-x_T rows
+    vary with the noise seed and are measured on every seed."""
+    if wildcards.rmethod == "ddim" and int(wildcards.seed) != SEEDS[0]:
+        return "random"
+    return "random inferred"
+
+
+def recon_encode_steps(wildcards):
+    """--encode-steps of evaluate_reconstruction: 'same' (Diff-AE's inv<T>), plus eval.recon.fixed_encode_steps
+    (e.g. the official script's ddim1000) for fixed_encode_methods. A fixed count costs a full-length inversion
+    per image, so it is measured on the ablation seeds (the DPM: on the seed that measures its inferred x_T)."""
+    recon = EVAL["recon"]
+    seed = int(wildcards.seed)
+    on_seed = seed == SEEDS[0] if wildcards.rmethod == "ddim" else seed in ABLATION_SEEDS
+    fixed = recon.get("fixed_encode_steps", []) if wildcards.rmethod in recon.get("fixed_encode_methods", []) else []
+    return " ".join(["same"] + [str(s) for s in fixed if on_seed])
 
 
 def backend_args(wildcards, input=None):

@@ -47,10 +47,13 @@ rule evaluate_reconstruction:
         steps=" ".join(str(s) for s in EVAL["recon"]["steps"]),
         ddpm=lambda wc: "--ddpm" if wc.rmethod == "pdae" and EVAL["recon"]["ddpm"] and int(wc.seed) in ABLATION_SEEDS
         else "",
+        encode=recon_encode_steps,
+        x_T=recon_x_T_modes,
         n=EVAL["recon"]["num_images"],
         data=data_override,
     shell:
-        "python -m eval reconstruct --model {input.model} --steps {params.steps} --x-T random inferred {params.ddpm}"
+        "python -m eval reconstruct --model {input.model} --steps {params.steps} --x-T {params.x_T} {params.ddpm}"
+        " --encode-steps {params.encode}"
         " --num-images {params.n} --seed {wildcards.seed} --out {output.records} --arrays {output.arrays}"
         " {params.backend} {params.data} --device {params.device} > {log} 2>&1"
 
@@ -301,7 +304,8 @@ rule evaluate_ablation:
     params:
         device=config["device"],
         cfg=EVAL["efficiency"],
+        images=ablation_images,
         data=data_override,
     shell:
-        "python -m eval ablation --runs {input.snr} {input.uniform} --steps {params.cfg[steps]}"
+        "python -m eval ablation --runs {input.snr} {input.uniform} --images {params.images} --steps {params.cfg[steps]}"
         " --num-images {params.cfg[num_images]} --seed {wildcards.seed} --out {output.records} {params.data} --device {params.device} > {log} 2>&1"
