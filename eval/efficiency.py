@@ -309,10 +309,11 @@ def snapshot_at(model_dir: str | Path, images: int | None) -> Path:
     None: the final model."""
     if images is None:
         return Path(model_dir)
-    for snap in list_snapshots(model_dir):
+    snaps = list_snapshots(model_dir)
+    for snap in snaps:
         if snap.images_seen == images:
             return snap.folder
-    seen = ", ".join(str(s.images_seen) for s in list_snapshots(model_dir))
+    seen = ", ".join(str(s.images_seen) for s in snaps)
     raise ValueError(f"{model_dir}: no snapshot at {images} images (has {seen}); add it to train.snapshot_images")
 
 

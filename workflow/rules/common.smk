@@ -121,8 +121,8 @@ def recon_encode_steps(wildcards):
     (e.g. the official script's ddim1000) for fixed_encode_methods. A fixed count costs a full-length inversion
     per image, so it is measured on the ablation seeds (the DPM: on the seed that measures its inferred x_T)."""
     recon = EVAL["recon"]
-    seed = int(wildcards.seed)
-    on_seed = seed == SEEDS[0] if wildcards.rmethod == "ddim" else seed in ABLATION_SEEDS
+    inferred = "inferred" in recon_x_T_modes(wildcards)
+    on_seed = inferred and (wildcards.rmethod == "ddim" or int(wildcards.seed) in ABLATION_SEEDS)
     fixed = recon.get("fixed_encode_steps", []) if wildcards.rmethod in recon.get("fixed_encode_methods", []) else []
     return " ".join(["same"] + [str(s) for s in fixed if on_seed])
 
