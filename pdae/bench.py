@@ -26,7 +26,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "embedded": {
         "data": {"image_size": 16, "channels": 1},
         "batch_size": 32,  # config/train/digits16/*.yaml
-        "unet": {"base_channels": 32, "channel_mult": [1, 2, 2], "num_res_blocks": 1, "attention_ds": [4],
+        "unet": {"base_channels": 32, "channel_mult": [1, 1, 2], "num_res_blocks": 1, "attention_ds": [4],
                  "dropout": 0.0},
         "encoder": {"latent_dim": 64, "channels": [64, 128], "attention_resolutions": []},
         "diffae_encoder": {"enc_channel_mult": [1, 2, 2], "enc_attention_resolutions": [4]},
