@@ -23,8 +23,12 @@ RECORD_FORMAT = "pdae-bench-records/1"
 PROVENANCE_COLUMNS = ("dataset", "method", "seed", "images_seen", "code_version", "config")
 
 
-def provenance(method: Any, label: str | None = None) -> dict[str, Any]:
-    """Provenance columns of a model loaded with `pdae.methods.load_method` (from its metadata.json)."""
+def provenance(method: Any, label: str | None = None, eval_seed: int | None = None) -> dict[str, Any]:
+    """Provenance columns of a model loaded with `pdae.methods.load_method` (from its metadata.json).
+
+    `seed` is the model's training seed; `eval_seed` (when given) the seed of the evaluation's own draws
+    (noise, x_T, image subsets). They differ for the DPM and DDIM rows: one model (seed 0), evaluated in
+    every seed's job, so paired comparisons (e.g. the gap reduction) match rows on `eval_seed`."""
     meta = dict(getattr(method, "metadata", {}) or {})
     data = meta.get("data") or {}
     folder = getattr(method, "folder", None)
@@ -35,6 +39,7 @@ def provenance(method: Any, label: str | None = None) -> dict[str, Any]:
         "images_seen": meta.get("images_seen", "-"),
         "code_version": meta.get("code_version", "-"),
         "config": str(folder) if folder is not None else "-",
+        **({} if eval_seed is None else {"eval_seed": int(eval_seed)}),
     }
 
 

@@ -144,7 +144,7 @@ def run_interpolate(args: argparse.Namespace) -> int:
     x_a, x_b = x0[0 : 2 * p : 2], x0[1 : 2 * p : 2]  # pairs (0, 1), (2, 3), ...
     out = interpolation_frames(method, x_a, x_b, lams, steps=args.steps, encode_steps=args.encode_steps,
                                convention=args.convention, batch_size=args.batch_size)
-    prov = common.provenance(method)
+    prov = common.provenance(method, eval_seed=args.seed)
     rows = []
     modes = [m for m in INTERPOLATION_MODES if m in out]
     for mode in modes:
@@ -255,7 +255,7 @@ def run_manipulate(args: argparse.Namespace) -> int:
     backend = common.backend_from_args(args, device)
     edits = manipulate_images(method, classifier, x0, index, strengths, steps=args.steps,
                               encode_steps=args.encode_steps, convention=args.convention, batch_size=args.batch_size)
-    prov = common.provenance(method)
+    prov = common.provenance(method, eval_seed=args.seed)
     rows = []
     for s, img in edits.items():
         img = img.clamp(-1.0, 1.0)
@@ -325,7 +325,7 @@ def run_truncation(args: argparse.Namespace) -> int:
     shape = image_shape(method, args.data)
     labels = truncation_labels(num_classes, args.num_samples)
     x_T = common.image_noise(shape, range(len(labels)), args.seed)
-    prov = common.provenance(method)
+    prov = common.provenance(method, eval_seed=args.seed)
     rows, grid = [], []
     k = min(args.grid_per_class, args.num_samples)
     grid_index = torch.cat([torch.arange(k) + c * args.num_samples for c in range(num_classes)])

@@ -352,7 +352,7 @@ def run_fewshot(args: argparse.Namespace) -> int:
 
     # Accuracy of each classifier on the whole training split (diagnostic).
     z_all = encode_all(ae, images, args.batch_size)
-    prov = common.provenance(ae)
+    prov = common.provenance(ae, eval_seed=args.seed)
     rows, grid, meta_classes = [], [], {}
     for k, (name, clf, info) in enumerate(classes):
         member = split.positive if k == 0 else ~split.positive

@@ -283,7 +283,7 @@ def run_gap(args: argparse.Namespace) -> int:
     gaps = measure_gap(models, x0, timesteps, seed=args.seed, batch_size=args.batch_size)
     rows = []
     for label, gm in models.items():
-        prov = common.provenance(gm.method, label)
+        prov = common.provenance(gm.method, label, eval_seed=args.seed)
         for tau, value in zip(timesteps, gaps[label].tolist()):
             rows.append(common.record(prov, "gap", value, "-", table="gap", t=int(tau), noise="gaussian"))
     common.write_records(

@@ -211,11 +211,12 @@ def reconstruct_all(
 
 
 def recon_records(
-    method: Any, settings_metrics: dict[ReconSetting, dict[str, Tensor]], image_shape: tuple[int, ...], backend: str
+    method: Any, settings_metrics: dict[ReconSetting, dict[str, Tensor]], image_shape: tuple[int, ...], backend: str,
+    eval_seed: int | None = None,
 ) -> list[dict[str, Any]]:
     """`recon` rows (record vocabulary of eval_context): one per (setting, metric), value = mean over images."""
     label = METHOD_LABELS[method.name]
-    prov = common.provenance(method, label)
+    prov = common.provenance(method, label, eval_seed=eval_seed)
     rows = []
     for s, per_image in settings_metrics.items():
         cols = dict(table="recon", steps=s.steps, sampler=s.sampler, x_T=s.x_T,
@@ -249,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
     recs = reconstruct_all(method, x0, settings, seed=args.seed, convention=args.convention,
                            batch_size=args.batch_size)
     per_setting = {s: recon_metrics(x0, rec, backend) for s, rec in recs.items()}
-    rows = recon_records(method, per_setting, tuple(x0.shape[1:]), backend.name)
+    rows = recon_records(method, per_setting, tuple(x0.shape[1:]), backend.name, eval_seed=args.seed)
     meta = dict(notes=NOTES, convention=args.convention, num_images=int(x0.shape[0]), split="test",
                 encode_steps_rule=" ".join("same as decode steps" if r is None else str(r)
                                            for r in parse_encode_steps(args.encode_steps)),

@@ -323,7 +323,7 @@ def run_uncond(args: argparse.Namespace) -> int:
         label = decoder.name
     backend = common.backend_from_args(args, device)
     shape = image_shape(decoder, args.data)
-    prov = common.provenance(decoder, label)
+    prov = common.provenance(decoder, label, eval_seed=args.seed)
     rows, grid, row_labels = [], [], []
     # With the domain backend, also the share of samples its classifier is confident about (and, as the
     # reference, the share of real held-out images), a per-sample quality measure.

@@ -32,7 +32,7 @@ from eval.common import read_records
 from eval.paper import format_number
 
 # Columns never grouped on; the first four are dropped from the aggregate, the last two averaged.
-NON_KEY_COLUMNS = ("seed", "value", "code_version", "config", "images_seen", "wall_time_s")
+NON_KEY_COLUMNS = ("seed", "eval_seed", "value", "code_version", "config", "images_seen", "wall_time_s")
 AVERAGED_COLUMNS = ("images_seen", "wall_time_s")
 # Tables where a normally averaged column is the x-axis and therefore a group column.
 X_COLUMNS: dict[str, tuple[str, ...]] = {"efficiency": ("images_seen",)}
@@ -491,12 +491,16 @@ def _schedule_T(rows: Sequence[Mapping[str, Any]], ts: Sequence[int]) -> int:
 
 
 def _gap_reduction_per_seed(rows: Sequence[Mapping[str, Any]], lo: float, hi: float) -> list[float]:
-    """Per seed: mean over t in [lo, hi] of 1 - gap_PDAE(t) / gap_DPM(t)."""
+    """Per evaluation: mean over t in [lo, hi] of 1 - gap_PDAE(t) / gap_DPM(t).
+
+    Rows pair on `eval_seed` (the job's noise seed: the DPM, trained once with seed 0, is measured in every
+    seed's job on the same noise as that seed's PDAE), falling back to `seed` for records without it."""
     by_seed: dict[str, dict[str, dict[int, float]]] = {}
     for r in rows:
         t = int(float(r["t"]))
         if lo <= t <= hi:
-            by_seed.setdefault(_canon(r.get("seed")), {}).setdefault(str(r["method"]), {})[t] = float(r["value"])
+            run = r.get("eval_seed") if _canon(r.get("eval_seed", "-")) not in ("-", "", "nan") else r.get("seed")
+            by_seed.setdefault(_canon(run), {}).setdefault(str(r["method"]), {})[t] = float(r["value"])
     out = []
     for per in by_seed.values():
         p, d = per.get("pdae", {}), per.get("dpm", {})

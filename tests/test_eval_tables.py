@@ -186,6 +186,24 @@ def test_claim_gap_branches_and_reduction() -> None:
     assert verdicts([], "gap") == ["not measurable here", "not measurable here"]
 
 
+def test_gap_reduction_pairs_on_the_evaluation_seed() -> None:
+    # As the workflow writes them: the DPM (trained once, seed 0) is measured in every seed's gap job, on that
+    # job's noise; its rows carry seed 0 and the job's eval_seed. Reductions pair PDAE seed s with the DPM
+    # measured on eval seed s: mean(1 - 1/2, 1 - 2/4) = 50 %, mean(1 - 1.5/2.5, 1 - 2/5) = 50 %.
+    dpm = {450: [2.0, 2.5], 600: [4.0, 5.0]}
+    pdae = {450: [1.0, 1.5], 600: [2.0, 2.0]}
+    rows = gap_rows(pdae, dpm)
+    for r in rows:
+        r["eval_seed"] = r["seed"]
+        if r["method"] == "dpm":
+            r["seed"] = 0
+    evidence = next(c for c in tables.claims(rows) if c["claim"].startswith("gap"))["evidence"]
+    assert "50 ± 0 % (n=2 seeds)" in evidence, evidence
+    # eval_seed is not a group key: the DPM's two measurements aggregate into one row (n = 2).
+    dpm_agg = [r for r in tables.aggregate(rows) if r["method"] == "dpm"]
+    assert [r["n"] for r in dpm_agg] == [2, 2]
+
+
 def test_scaled_t_range() -> None:
     assert tables.scaled_t_range(1000) == (400, 700)
     assert tables.scaled_t_range(200) == (80, 140)
