@@ -190,16 +190,23 @@ def _run_fingerprint(method_name: str, cfg: RunConfig, seed: int, world: int, ex
     return sha256_bytes(blob.encode())[:16]
 
 
-def _make_optimizer(params: list[nn.Parameter], tc: TrainConfig) -> torch.optim.Optimizer:
-    """Adam / AdamW; the fused kernel (one call for all tensors) where torch has it for the device.
+def adam_optimizer(
+    params: list[nn.Parameter], lr: float, betas: tuple[float, float] = (0.9, 0.999), weight_decay: float = 0.0,
+    decoupled: bool = False,
+) -> torch.optim.Optimizer:
+    """Adam (AdamW if `decoupled`), with the fused kernel (one call for all tensors) where torch has it.
 
     Same update as the per-tensor loop; on the embedded default's U-Net (198 tensors) the step costs
     2.1 ms instead of 9.3 ms on one CPU thread (measured 2026-11-30), ~3 % of a training step.
     """
-    cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
+    cls = torch.optim.AdamW if decoupled else torch.optim.Adam
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float16, torch.bfloat16)
                 for p in params)
-    return cls(params, lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay, fused=fused or None)
+    return cls(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused or None)
+
+
+def _make_optimizer(params: list[nn.Parameter], tc: TrainConfig) -> torch.optim.Optimizer:
+    return adam_optimizer(params, tc.lr, tuple(tc.betas), tc.weight_decay, decoupled=tc.optimizer == "adamw")
 
 
 def _log_lines_upto(path: Path, images_seen: int) -> None:
