@@ -93,6 +93,8 @@ rule render_denoise_arrays:
         ENV
     log:
         "logs/{dataset}/render_denoise_arrays_seed{seed}.log",
+    benchmark:
+        "results/benchmarks/{dataset}/render_denoise_arrays_seed{seed}.tsv",
     params:
         device=config["device"],
         data=data_override,
@@ -178,6 +180,8 @@ rule evaluate_interpolation:
         ENV
     log:
         "logs/{dataset}/evaluate_interpolation_{ae}_seed{seed}.log",
+    benchmark:
+        "results/benchmarks/{dataset}/evaluate_interpolation_{ae}_seed{seed}.tsv",
     params:
         device=config["device"],
         cfg=EVAL["interpolation"],
@@ -203,6 +207,8 @@ rule evaluate_manipulation:
         ENV
     log:
         "logs/{dataset}/evaluate_manipulation_{ae}_seed{seed}.log",
+    benchmark:
+        "results/benchmarks/{dataset}/evaluate_manipulation_{ae}_seed{seed}.tsv",
     params:
         device=config["device"],
         cfg=EVAL["manipulation"],
@@ -256,6 +262,8 @@ rule evaluate_probe:
         ENV
     log:
         "logs/{dataset}/evaluate_probe_seed{seed}.log",
+    benchmark:
+        "results/benchmarks/{dataset}/evaluate_probe_seed{seed}.tsv",
     params:
         device=config["device"],
         cfg=EVAL["probe"],
@@ -301,6 +309,8 @@ rule evaluate_ablation:
         ENV
     log:
         "logs/{dataset}/evaluate_ablation_seed{seed}.log",
+    benchmark:
+        "results/benchmarks/{dataset}/evaluate_ablation_seed{seed}.tsv",
     params:
         device=config["device"],
         cfg=EVAL["efficiency"],

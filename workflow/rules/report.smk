@@ -23,6 +23,8 @@ rule make_tables:
         ENV
     log:
         "logs/make_tables.log",
+    benchmark:
+        "results/benchmarks/make_tables.tsv",
     shell:
         "python -m eval tables --records {input} --out-dir results/tables > {log} 2>&1"
 
@@ -37,6 +39,8 @@ rule make_claims:
         ENV
     log:
         "logs/make_claims.log",
+    benchmark:
+        "results/benchmarks/make_claims.tsv",
     shell:
         "python -m eval claims --records {input} --out-dir results/tables > {log} 2>&1"
 
@@ -57,5 +61,7 @@ rule plot_figure:
         ENV
     log:
         "logs/{dataset}/plot_{kind}.log",
+    benchmark:
+        "results/benchmarks/{dataset}/plot_{kind}.tsv",
     shell:
         "python -m eval plots --kind {wildcards.kind} --inputs {input} --out {output.png} > {log} 2>&1"

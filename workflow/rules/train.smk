@@ -44,6 +44,8 @@ rule import_prior:
         ENV
     log:
         "logs/{dataset}/import_prior.log",
+    benchmark:
+        "results/benchmarks/{dataset}/import_prior.tsv",
     params:
         kind=lambda wc: settings(wc.dataset)["prior"]["kind"],
         opts=lambda wc: (
