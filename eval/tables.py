@@ -8,8 +8,8 @@ Sub-commands (DESIGN.md §6, issue 4 item 10):
     python -m eval claims --records FILE... [--out-dir results/tables]
         claims.csv and claims.md: each claim of the paper, its evidence (mean ± std, n seeds) and a verdict.
 
-Aggregation: rows are grouped by every column except `seed`, `value`, `code_version`, `config` and the
-per-run measurements `images_seen` / `wall_time_s` (reported as their means). In tables whose x-axis is
+Aggregation: rows are grouped by every column except `seed`, `eval_seed`, `value`, `code_version`, `config`
+and the per-run measurements `images_seen` / `wall_time_s` (reported as their means). In tables whose x-axis is
 images seen (`efficiency`), `images_seen` is a group column. Per group: mean, std (ddof = 1, blank for
 n = 1), n, the seeds, images_seen (mean), the code version(s), the backend (a group column: numbers from
 different metric backends are never averaged together). The paper's number (eval.paper) sits in `paper`.
@@ -128,8 +128,8 @@ def columns_of(rows: Sequence[Mapping[str, Any]]) -> list[str]:
                 seen.append(c)
     lead = [c for c in LEADING if c in seen]
     trail = [c for c in TRAILING if c in seen]
-    tail = [c for c in ("value", "seed", "images_seen", "wall_time_s", "code_version", "config", *DERIVED_COLUMNS)
-            if c in seen]
+    tail = [c for c in ("value", "seed", "eval_seed", "images_seen", "wall_time_s", "code_version", "config",
+                        *DERIVED_COLUMNS) if c in seen]
     middle = [c for c in seen if c not in lead + trail + tail]
     return lead + middle + trail + tail
 
