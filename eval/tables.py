@@ -31,7 +31,7 @@ from eval import paper as paper_mod
 from eval.common import read_records
 from eval.paper import format_number
 
-# Columns never grouped on; the first four are dropped from the aggregate, the last two averaged.
+# Columns never grouped on; the first five are dropped from the aggregate, the last two averaged.
 NON_KEY_COLUMNS = ("seed", "eval_seed", "value", "code_version", "config", "images_seen", "wall_time_s")
 AVERAGED_COLUMNS = ("images_seen", "wall_time_s")
 # Tables where a normally averaged column is the x-axis and therefore a group column.
