@@ -20,7 +20,7 @@ import torch
 from pdae.diffusion.gaussian import extract, q_sample
 from pdae.methods import PDAE, Method, build_method
 from pdae.methods.base import per_sample_mean, sample_noise, sample_timesteps
-from pdae.training import adam_optimizer
+from pdae.training import adam_optimizer, resolve_device
 
 # Network sizes per preset: the embedded default (digits, 16x16, 1 channel) and the paper's FFHQ128.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -116,7 +116,6 @@ def run_benchmark(preset: str, batch_size: int | None, steps: int, warmup: int, 
     batch_size None: the preset's training batch.
     """
     from pdae.provenance import code_version, utc_now
-    from pdae.training import resolve_device
 
     dev = resolve_device(device)
     methods = build_methods(preset)
