@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "eval.probe",
     "eval.efficiency",
     "eval.tables",
+    "eval.claims",
     "eval.plots",
 )
 

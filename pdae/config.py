@@ -101,7 +101,7 @@ def from_dict(cls: type, data: Any, where: str) -> Any:
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Optimisation budget and loop settings (REFERENCE.md §4: Adam, EMA, budget in images seen)."""
+    """Optimisation budget and loop settings (docs/protocol.md §4: Adam, EMA, budget in images seen)."""
 
     images: int = 100_000                     # budget: training images seen (the paper's unit)
     batch_size: int = 64                      # global batch (split over DDP ranks)
@@ -110,7 +110,8 @@ class TrainConfig:
     weight_decay: float = 0.0                 # AdamW weight decay (latent DPM: 0.01)
     betas: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.999])
     grad_clip: float | None = None            # max grad norm (Diff-AE: 1.0; PDAE: none)
-    ema_decay: float = 0.9999                 # EMA of trainable parameters, every step
+    ema_decay: float = 0.9999                 # EMA of trainable parameters, every step (the decay's ceiling)
+    ema_warmup: bool = True                   # decay_n = min(ema_decay, (1 + n) / (10 + n)) at update n (see EMA)
     warmup_images: int = 0                    # linear LR warm-up
     log_every_images: int = 6_400             # JSONL log cadence
     resume_every_images: int = 12_800         # atomic resume-state cadence

@@ -123,7 +123,7 @@ class TensorPairs(torch.utils.data.Dataset):
 
 @torch.no_grad()
 def encode_dataset(encoder: Method, dataset: Any, device: torch.device, batch_size: int = 256) -> Tensor:
-    """z = E(x0) for every image (EMA encoder, no augmentation; REFERENCE.md §1.8). -> [N, D] on CPU."""
+    """z = E(x0) for every image (EMA encoder, no augmentation; docs/protocol.md §1.8). -> [N, D] on CPU."""
     zs = []
     for start in range(0, len(dataset), batch_size):
         x = torch.stack([dataset[i][0] for i in range(start, min(start + batch_size, len(dataset)))])
@@ -150,19 +150,35 @@ def data_info(dataset: Any) -> dict[str, Any]:
     }
 
 
-# EMA of the trainable parameters (decay every step; only params with requires_grad, as the official code).
+def ema_decay_at(decay: float, n: int, warmup: bool = True) -> float:
+    """Decay of the n-th EMA update (n = 1, 2, ...): min(decay, (1 + n) / (10 + n)) with warm-up, else `decay`.
+
+    The warm-up is latent-diffusion's `LitEma` rule (also Diff-AE's guided-diffusion lineage uses a constant
+    decay; the official PDAE and Diff-AE trainers run 0.9999 from step 1, harmless at their 10^5-10^6 steps).
+    At a few hundred steps a constant decay exports mostly the random initialisation (its weight after N
+    updates is decay^N: 0.999^391 = 0.68); with the warm-up it is prod_n (1 + n)/(10 + n) < 1e-9 at N = 391.
+    """
+    if n < 1:
+        raise ValueError(f"EMA update index starts at 1, got {n}")
+    return min(decay, (1.0 + n) / (10.0 + n)) if warmup else decay
+
+
+# EMA of the trainable parameters (every step; only params with requires_grad, as the official code).
 class EMA:
-    def __init__(self, method: Method, decay: float) -> None:
+    def __init__(self, method: Method, decay: float, warmup: bool = True) -> None:
         self.decay = decay
+        self.warmup = warmup
         self.names = [n for n, p in method.named_parameters() if p.requires_grad]
         params = dict(method.named_parameters())
         self.shadow = {n: params[n].detach().clone().float() for n in self.names}
 
     @torch.no_grad()
-    def update(self, method: Method) -> None:
+    def update(self, method: Method, count: int) -> None:
+        """The count-th update (optimisation steps done, this one included; resume-safe: the loop's step)."""
         params = dict(method.named_parameters())
+        decay = ema_decay_at(self.decay, count, self.warmup)
         torch._foreach_lerp_(
-            [self.shadow[n] for n in self.names], [params[n].detach().float() for n in self.names], 1.0 - self.decay
+            [self.shadow[n] for n in self.names], [params[n].detach().float() for n in self.names], 1.0 - decay
         )
 
     def state_dict(self) -> dict[str, Tensor]:
@@ -278,7 +294,7 @@ def train(
     if not params:
         raise TrainingError(f"method {method_name} has no trainable parameters")
     optimizer = _make_optimizer(params, tc)
-    ema = EMA(method, tc.ema_decay)
+    ema = EMA(method, tc.ema_decay, tc.ema_warmup)
     on_cuda = dev.type == "cuda"
     use_amp = tc.amp == "bf16" or (tc.amp == "auto" and on_cuda)
     channels_last = method.input_kind == "images" and (tc.channels_last == "on" or (tc.channels_last == "auto" and on_cuda))
@@ -387,8 +403,8 @@ def train(
         if tc.grad_clip is not None:
             nn.utils.clip_grad_norm_(params, tc.grad_clip)
         optimizer.step()
-        ema.update(method)
         step += 1
+        ema.update(method, step)
         images_seen += tc.batch_size
         log_loss += loss_value
         log_n += 1

@@ -1,4 +1,4 @@
-"""eval.paper / eval.tables: aggregation numbers, the paper column, renderings and every claim verdict."""
+"""eval.paper / eval.tables: aggregation numbers, the paper column, renderings, intervals from per-unit values."""
 
 from __future__ import annotations
 
@@ -142,173 +142,17 @@ def test_write_tables_renders_mean_std_and_paper(tmp_path: Path) -> None:
     assert [r["mean"] for r in again] == pytest.approx([0.2, 0.70])
 
 
-def test_cli_tables_and_claims(tmp_path: Path) -> None:
+def test_cli_tables(tmp_path: Path) -> None:
     records = write_records(tmp_path / "r.json", recon("pdae", "inferred", "ssim", [0.995, 0.993]))
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
     tables.register_cli(sub)
-    for command in ("tables", "claims"):
-        args = parser.parse_args([command, "--records", str(records), "--out-dir", str(tmp_path / "t")])
-        assert args.func(args) == 0
-    claims_md = (tmp_path / "t" / "claims.md").read_text()
-    assert "| PDAE inferred-x_T reconstruction near exact (SSIM >= 0.99) | digits | reproduced |" in claims_md
+    args = parser.parse_args(["tables", "--records", str(records), "--out-dir", str(tmp_path / "t")])
+    assert args.func(args) == 0
+    assert "| digits | pdae | 100 | ddim | inferred | ssim | 0.994 ± 0.001414 | 2 |" in \
+        (tmp_path / "t" / "recon.md").read_text()
     with pytest.raises(ValueError, match="not found"):
         tables.load_rows([tmp_path / "missing.json"])
-
-
-# ---------------------------------------------------------------------------------------------- claims
-
-def verdicts(rows: list[dict], name: str) -> list[str]:
-    return [c["verdict"] for c in tables.claims(rows) if c["claim"].startswith(name)]
-
-
-def gap_rows(pdae: dict[int, list[float]], dpm: dict[int, list[float]]) -> list[dict]:
-    out = []
-    for method, curve in (("pdae", pdae), ("dpm", dpm)):
-        for t, values in curve.items():
-            out += [rec("gap", "gap", v, s, method=method, t=t, noise="gaussian") for s, v in enumerate(values)]
-    return out
-
-
-def test_claim_gap_branches_and_reduction() -> None:
-    dpm = {10: [1.0, 1.0], 450: [2.0, 2.0], 600: [4.0, 4.0], 900: [8.0, 8.0]}
-    pdae = {10: [0.9, 0.9], 450: [1.0, 1.2], 600: [2.0, 2.4], 900: [7.0, 7.0]}
-    claims = [c for c in tables.claims(gap_rows(pdae, dpm)) if c["claim"].startswith("gap")]
-    assert [c["verdict"] for c in claims] == ["reproduced", "reproduced"]
-    # per seed: mean(1 - 1/2, 1 - 2/4) = 50 %, mean(1 - 1.2/2, 1 - 2.4/4) = 40 % -> 45 ± 7.071 %
-    assert "45 ± 7.071 % (n=2 seeds)" in claims[0]["evidence"] and "at 4/4 t" in claims[0]["evidence"]
-    # PDAE above DPM at t = 10 only: the every-t claim fails, the t >= 50 one holds.
-    worse_small_t = {**pdae, 10: [1.1, 1.1]}
-    assert verdicts(gap_rows(worse_small_t, dpm), "gap") == ["not reproduced", "reproduced"]
-    # Reduction below 30 %.
-    small = {t: [0.9 * v for v in vals] for t, vals in dpm.items()}
-    assert verdicts(gap_rows(small, dpm), "gap") == ["reproduced", "not reproduced"]
-    assert verdicts([], "gap") == ["not measurable here", "not measurable here"]
-
-
-def test_gap_reduction_pairs_on_the_evaluation_seed() -> None:
-    # As the workflow writes them: the DPM (trained once, seed 0) is measured in every seed's gap job, on that
-    # job's noise; its rows carry seed 0 and the job's eval_seed. Reductions pair PDAE seed s with the DPM
-    # measured on eval seed s: mean(1 - 1/2, 1 - 2/4) = 50 %, mean(1 - 1.5/2.5, 1 - 2/5) = 50 %.
-    dpm = {450: [2.0, 2.5], 600: [4.0, 5.0]}
-    pdae = {450: [1.0, 1.5], 600: [2.0, 2.0]}
-    rows = gap_rows(pdae, dpm)
-    for r in rows:
-        r["eval_seed"] = r["seed"]
-        if r["method"] == "dpm":
-            r["seed"] = 0
-    evidence = next(c for c in tables.claims(rows) if c["claim"].startswith("gap"))["evidence"]
-    assert "50 ± 0 % (n=2 seeds)" in evidence, evidence
-    # eval_seed is not a group key: the DPM's two measurements aggregate into one row (n = 2).
-    dpm_agg = [r for r in tables.aggregate(rows) if r["method"] == "dpm"]
-    assert [r["n"] for r in dpm_agg] == [2, 2]
-
-
-def test_scaled_t_range() -> None:
-    assert tables.scaled_t_range(1000) == (400, 700)
-    assert tables.scaled_t_range(200) == (80, 140)
-
-
-def test_claim_recon_near_exact() -> None:
-    name = "PDAE inferred-x_T reconstruction near exact"
-    assert verdicts(recon("pdae", "inferred", "ssim", [0.991, 0.993]), name) == ["reproduced"]
-    assert verdicts(recon("pdae", "inferred", "ssim", [0.95, 0.99]), name) == ["not reproduced"]
-    assert verdicts(recon("pdae", "random", "ssim", [0.99]), name) == ["not measurable here"]
-    # T = 100 preferred; else the largest T measured, said in the detail.
-    rows = recon("pdae", "inferred", "ssim", [0.999], steps=20) + recon("pdae", "inferred", "ssim", [0.9], steps=50)
-    claim = next(c for c in tables.claims(rows) if c["claim"].startswith(name))
-    assert claim["verdict"] == "not reproduced" and "T=50 (T=100 not measured)" in claim["detail"]
-
-
-def test_claim_recon_random_beats_ddim_and_on_par() -> None:
-    beats, on_par = "PDAE random-x_T reconstruction beats DDIM", "PDAE random-x_T reconstruction on par"
-    rows = (recon("pdae", "random", "ssim", [0.60, 0.62]) + recon("pdae", "random", "mse", [0.010, 0.012])
-            + recon("ddim", "random", "ssim", [0.30, 0.32]) + recon("ddim", "random", "mse", [0.05, 0.05])
-            + recon("diffae", "random", "ssim", [0.63, 0.63]) + recon("diffae", "random", "mse", [0.0105, 0.0105]))
-    assert verdicts(rows, beats) == ["reproduced"]
-    # ssim: 0.61 vs 0.63 is within 5 % of 0.63; mse: 0.011 vs 0.0105 within 5 % (0.000525) -> on par.
-    assert verdicts(rows, on_par) == ["reproduced"]
-    worse = [dict(r, value=r["value"] * 0.8) if r["method"] == "pdae" and r["metric"] == "ssim" else r for r in rows]
-    assert verdicts(worse, on_par) == ["not reproduced"]
-    assert verdicts(recon("pdae", "random", "ssim", [0.6]), beats) == ["not measurable here"]
-    swapped = [dict(r, method={"pdae": "ddim", "ddim": "pdae"}.get(r["method"], r["method"])) for r in rows]
-    assert verdicts(swapped, beats) == ["not reproduced"]
-
-
-def test_on_par_uses_pooled_std() -> None:
-    a, b = tables.Stat(0.5, 0.1, 3), tables.Stat(0.6, 0.1, 3)   # 0.1 apart, pooled std 0.1 -> on par
-    assert tables.on_par_or_better("ssim", a, b)
-    assert not tables.on_par_or_better("ssim", tables.Stat(0.5, None, 1), tables.Stat(0.6, None, 1))
-    assert tables.on_par_or_better("mse", tables.Stat(0.01, None, 1), tables.Stat(0.02, None, 1))
-
-
-def ratio_rows(values: list[float], reached: str = "yes") -> list[dict]:
-    return [rec("efficiency", "images_ratio", v, s, images_seen="-", quality_metric="ssim", reached=reached)
-            for s, v in enumerate(values)]
-
-
-def test_claim_images_ratio() -> None:
-    name = "PDAE needs <="
-    assert verdicts(ratio_rows([0.4, 0.5]), name) == ["reproduced"]
-    claim = next(c for c in tables.claims(ratio_rows([1.5, 2.5])) if c["claim"].startswith(name))
-    assert claim["verdict"] == "not reproduced" and "ratio 2 ± 0.7071 (n=2)" in claim["evidence"]
-    unreached = next(c for c in tables.claims(ratio_rows([0.3], "no")) if c["claim"].startswith(name))
-    assert unreached["verdict"] == "not reproduced" and "> 0.3" in unreached["evidence"]
-    assert verdicts([], name) == ["not measurable here"]
-
-
-def fewshot(method: str, scenario: str, klass: str, values: list[float], dataset: str = "digits") -> list[dict]:
-    return [rec("fewshot", "fid", v, s, method=method, scenario=scenario, **{"class": klass, "dataset": dataset})
-            for s, v in enumerate(values)]
-
-
-def test_claim_fewshot() -> None:
-    name = "few-shot FID of PDAE below naive"
-    rows = fewshot("pdae", "binary", "3", [10, 12]) + fewshot("naive", "binary", "3", [20, 20])
-    assert verdicts(rows, name) == ["reproduced"]
-    assert verdicts(rows + fewshot("pdae", "pu", "3", [30]) + fewshot("naive", "pu", "3", [20]), name) == ["not reproduced"]
-    # Non-Blond: the paper's own naive FID (1.12) is below PDAE's: excluded from the verdict, listed.
-    celeba = (fewshot("pdae", "binary", "Male", [11], "celeba64") + fewshot("naive", "binary", "Male", [25], "celeba64")
-              + fewshot("pdae", "binary", "Non-Blond", [8], "celeba64")
-              + fewshot("naive", "binary", "Non-Blond", [1], "celeba64"))
-    claim = next(c for c in tables.claims(celeba) if c["claim"] == name)
-    assert claim["verdict"] == "reproduced" and "Non-Blond" in claim["detail"]
-    assert verdicts(fewshot("pdae", "binary", "3", [1]), name) == ["not measurable here"]
-
-
-def test_claim_uncond() -> None:
-    name = "unconditional FID of PDAE <= DDIM"
-    rows = [rec("uncond", "fid", v, 0, method=m, steps=t) for m, t, v in
-            [("pdae", 10, 20), ("ddim", 10, 30), ("pdae", 20, 15), ("ddim", 20, 15)]]
-    assert verdicts(rows, name) == ["reproduced"]
-    rows.append(rec("uncond", "fid", 9, 0, method="ddim", steps=50))
-    rows.append(rec("uncond", "fid", 10, 0, method="pdae", steps=50))
-    assert verdicts(rows, name) == ["not reproduced"]
-    assert verdicts([], name) == ["not measurable here"]
-
-
-def test_claim_weighting() -> None:
-    name = "loss weighting beats"
-
-    def ab(weighting: str, ssim: float, mse: float, cv: float) -> list[dict]:
-        return [rec("ablation", m, v, 0, weighting=weighting) for m, v in (("ssim", ssim), ("mse", mse), ("loss_cv", cv))]
-
-    assert verdicts(ab("snr", 0.8, 0.01, 0.5) + ab("uniform", 0.7, 0.02, 0.1), name) == ["reproduced"]
-    assert verdicts(ab("snr", 0.8, 0.03, 0.1) + ab("uniform", 0.7, 0.02, 0.5), name) == ["not reproduced"]
-    assert verdicts(ab("snr", 0.8, 0.01, 0.5), name) == ["not measurable here"]
-
-
-def test_recon_claims_prefer_encode_steps_equal_to_decode_steps() -> None:
-    name = "PDAE inferred-x_T reconstruction near exact"
-    rows = (recon("pdae", "inferred", "ssim", [0.95], encode_steps=10)
-            + recon("pdae", "inferred", "ssim", [0.995], encode_steps=100))
-    claim = next(c for c in tables.claims(rows) if c["claim"].startswith(name))
-    assert claim["verdict"] == "reproduced" and "encoded with 100 steps" in claim["detail"]
-
-
-def test_images_ratio_bounds_are_named() -> None:
-    claim = next(c for c in tables.claims(ratio_rows([0.25], "first")) if c["claim"].startswith("PDAE needs"))
-    assert claim["verdict"] == "reproduced" and "ratio <= 0.25 (n=1) (reached by PDAE's first snapshot" in claim["evidence"]
 
 
 def test_efficiency_markdown_shows_images_seen_and_wall_time() -> None:
@@ -330,3 +174,30 @@ def test_repeated_measurement_from_two_files_counts_once() -> None:
     assert len(rows) == 2
     (agg,) = aggregate(rows)
     assert agg["n"] == 2 and agg["mean"] == 2.0
+
+
+def test_interval_from_per_image_values_and_csv_without_them(tmp_path: Path) -> None:
+    """ci_low / ci_high come from the records' per-image values (two-level bootstrap); CSVs never carry them."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in range(3):
+        v = rng.normal(0.5, 0.1, size=400)
+        rows.append(rec("recon", "ssim", float(v.mean()), seed=s, method="pdae", steps=100, sampler="ddim",
+                        x_T="random", values=v.tolist(), units="images"))
+    (agg,) = tables.aggregate(tables.tidy(rows))
+    assert agg["n"] == 3 and agg["ci_low"] < agg["mean"] < agg["ci_high"]
+    # Three seeds of the same distribution: the interval is about the closed form over 1200 images.
+    assert agg["ci_high"] - agg["ci_low"] == pytest.approx(2 * 1.96 * 0.1 / math.sqrt(1200), rel=0.5)
+    tables.write_tables(rows, tmp_path)
+    text = (tmp_path / "recon_rows.csv").read_text()
+    assert "values" not in text.splitlines()[0] and "units" not in text.splitlines()[0]
+    assert "95% CI" in (tmp_path / "recon.md").read_text()
+
+
+def test_interval_from_bootstrap_replicates() -> None:
+    rows = [rec("uncond", "fid", 10.0 + s, seed=s, method="pdae", steps=10, values=[9.0 + s, 10.0 + s, 11.0 + s],
+                units="bootstrap") for s in range(3)]
+    (agg,) = tables.aggregate(tables.tidy(rows))
+    assert 9.0 <= agg["ci_low"] < agg["mean"] == 11.0 < agg["ci_high"] <= 13.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -234,3 +235,45 @@ def test_bad_data_is_one_line_error_naming_the_file(tmp_path: Path, problem: str
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and culprit in lines[0], proc.stderr
     assert not out.exists() and not (tmp_path / "model.resume").exists()
+
+
+# EMA warm-up: decay_n = min(decay, (1 + n) / (10 + n)) (latent-diffusion's LitEma rule).
+def test_ema_decay_warmup_pinned_values() -> None:
+    from pdae.training import ema_decay_at
+
+    assert ema_decay_at(0.9999, 1) == pytest.approx(2 / 11)
+    assert ema_decay_at(0.9999, 10) == pytest.approx(11 / 20)
+    assert ema_decay_at(0.9999, 100) == pytest.approx(101 / 110)
+    assert ema_decay_at(0.99, 1000) == 0.99         # 1001/1010 = 0.991 > 0.99: the ceiling wins
+    assert ema_decay_at(0.9, 100) == 0.9            # 101/110 = 0.918 > 0.9
+    assert ema_decay_at(0.999, 5, warmup=False) == 0.999
+    with pytest.raises(ValueError):
+        ema_decay_at(0.999, 0)
+
+
+def test_ema_cannot_export_its_initialisation() -> None:
+    """Weight of the initial parameters in the EMA after N updates: prod_n decay_n.
+
+    Without warm-up at the old latent budget (391 steps, decay 0.999) it is 0.999^391 = 0.676; with the
+    warm-up it is prod_{n=1}^{391} (1 + n)/(10 + n) = 10! * 392! / (401! * 1) < 1e-9."""
+    from pdae.training import EMA, ema_decay_at
+
+    weight_plain = math.prod(ema_decay_at(0.999, n, warmup=False) for n in range(1, 392))
+    weight_warm = math.prod(ema_decay_at(0.999, n) for n in range(1, 392))
+    assert weight_plain == pytest.approx(0.999 ** 391) and 0.67 < weight_plain < 0.68
+    assert weight_warm < 1e-9
+    # The class applies it: a parameter stepping from 0 to 1 after init is ~1 in the EMA, not ~0.
+    m = DPM.__new__(DPM)
+    torch.nn.Module.__init__(m)
+    m.w = torch.nn.Parameter(torch.zeros(3))
+    ema = EMA(m, 0.999)
+    with torch.no_grad():
+        m.w.fill_(1.0)
+    for n in range(1, 392):
+        ema.update(m, n)
+    assert torch.allclose(ema.shadow["w"], torch.ones(3), atol=1e-8)
+    plain = EMA(m, 0.999, warmup=False)
+    plain.shadow["w"].zero_()
+    for n in range(1, 392):
+        plain.update(m, n)
+    assert plain.shadow["w"][0].item() == pytest.approx(1 - 0.999 ** 391, rel=1e-4)

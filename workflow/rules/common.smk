@@ -10,6 +10,7 @@ validate(config, schema="../schemas/config.schema.yaml")
 DATASETS = list(config["datasets"])
 SEEDS = [int(s) for s in config["seeds"]]
 ABLATION_SEEDS = [int(s) for s in config["ablation_seeds"]]
+FIGURE_SEEDS = [int(s) for s in config.get("figure_seeds", [config["seeds"][0]])]
 AUTOENCODERS = ["pdae", "diffae"]
 EVAL = config["eval"]
 ENV = "../../environment.yml"  # one environment for every rule (`--sdm conda` builds it)
@@ -35,9 +36,10 @@ for _name in DATASETS:
     _data = config["dataset_settings"][_name].get("data_path")
     if _data and not Path(_data).exists():
         _fail(f"config: dataset_settings.{_name}.data_path: dataset {_data} not found")
-for _s in ABLATION_SEEDS:
-    if _s not in SEEDS:
-        _fail(f"config: ablation_seeds: seed {_s} is not in seeds {SEEDS}")
+for _key, _list in (("ablation_seeds", ABLATION_SEEDS), ("figure_seeds", FIGURE_SEEDS)):
+    for _s in _list:
+        if _s not in SEEDS:
+            _fail(f"config: {_key}: seed {_s} is not in seeds {SEEDS}")
 
 
 wildcard_constraints:
@@ -119,10 +121,10 @@ def recon_x_T_modes(wildcards):
 def recon_encode_steps(wildcards):
     """--encode-steps of evaluate_reconstruction: 'same' (Diff-AE's inv<T>), plus eval.recon.fixed_encode_steps
     (e.g. the official script's ddim1000) for fixed_encode_methods. A fixed count costs a full-length inversion
-    per image, so it is measured on the ablation seeds (the DPM: on the seed that measures its inferred x_T)."""
+    per image, so it is measured on the figure seeds (the DPM: on the seed that measures its inferred x_T)."""
     recon = EVAL["recon"]
     inferred = "inferred" in recon_x_T_modes(wildcards)
-    on_seed = inferred and (wildcards.rmethod == "ddim" or int(wildcards.seed) in ABLATION_SEEDS)
+    on_seed = inferred and (wildcards.rmethod == "ddim" or int(wildcards.seed) in FIGURE_SEEDS)
     fixed = recon.get("fixed_encode_steps", []) if wildcards.rmethod in recon.get("fixed_encode_methods", []) else []
     return " ".join(["same"] + [str(s) for s in fixed if on_seed])
 
@@ -150,8 +152,8 @@ def model_outputs():
         out += [prior_folder(d)]
         for s in SEEDS:
             out += [f"results/{d}/{ae}/seed{s}/{part}" for ae in AUTOENCODERS for part in ("model", "latent", "classifier")]
-        for s in ABLATION_SEEDS:
-            out += [f"results/{d}/pdae_uniform/seed{s}/model", f"results/{d}/pdae_class/seed{s}/model"]
+        out += [f"results/{d}/pdae_uniform/seed{s}/model" for s in ABLATION_SEEDS]
+        out += [f"results/{d}/pdae_class/seed{s}/model" for s in FIGURE_SEEDS]
         if config["metric_backend"] == "domain":
             out += [f"results/{d}/feature_net/model"]
     return out
@@ -187,6 +189,7 @@ def record_files(dataset):
             files += [f"results/{dataset}/{ae}/seed{seed}/eval/{e}.json" for e in ("interpolation", "manipulation") if on(e)]
     for seed in ABLATION_SEEDS:
         files += [f"results/{dataset}/ablation/seed{seed}.json"] if on("ablation") else []
+    for seed in FIGURE_SEEDS:
         files += [f"results/{dataset}/pdae_class/seed{seed}/eval/truncation.json"] if on("truncation") else []
     return files
 
@@ -197,11 +200,11 @@ def all_record_files(wildcards=None):
 
 def table_outputs():
     return [f"results/tables/{t}.{ext}" for t in TABLES for ext in ("csv", "md")] + [
-        "results/tables/claims.csv", "results/tables/claims.md"]
+        f"results/tables/{name}.{ext}" for name in ("claims", "health") for ext in ("csv", "md")]
 
 
 def plot_inputs(dataset, kind):
-    s, a = FIRST_SEED, FIRST_ABLATION_SEED
+    s, a = FIRST_SEED, FIRST_FIGURE_SEED
     seeds = SEEDS
     return {
         "gap": [f"results/{dataset}/gap/seed{x}.json" for x in seeds],
@@ -212,7 +215,7 @@ def plot_inputs(dataset, kind):
         "manipulation": [f"results/{dataset}/{m}/seed{s}/eval/manipulation.npz" for m in AUTOENCODERS]
         + [f"results/{dataset}/{m}/seed{x}/eval/manipulation.json" for m in AUTOENCODERS for x in seeds],
         "truncation": [f"results/{dataset}/pdae_class/seed{a}/eval/truncation.npz"]
-        + [f"results/{dataset}/pdae_class/seed{x}/eval/truncation.json" for x in ABLATION_SEEDS],
+        + [f"results/{dataset}/pdae_class/seed{x}/eval/truncation.json" for x in FIGURE_SEEDS],
         "efficiency": [f"results/{dataset}/efficiency.json"],
         "samples": [f"results/{dataset}/{m}/seed{s}/eval/uncond.npz" for m in ("pdae", "diffae", "ddim")],
         "fewshot": [f"results/{dataset}/{m}/seed{x}/eval/fewshot_{sc}.json"

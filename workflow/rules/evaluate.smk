@@ -45,7 +45,7 @@ rule evaluate_reconstruction:
         device=config["device"],
         backend=backend_args,
         steps=" ".join(str(s) for s in EVAL["recon"]["steps"]),
-        ddpm=lambda wc: "--ddpm" if wc.rmethod == "pdae" and EVAL["recon"]["ddpm"] and int(wc.seed) in ABLATION_SEEDS
+        ddpm=lambda wc: "--ddpm" if wc.rmethod == "pdae" and EVAL["recon"]["ddpm"] and int(wc.seed) in FIGURE_SEEDS
         else "",
         encode=recon_encode_steps,
         x_T=recon_x_T_modes,

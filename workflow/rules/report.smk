@@ -7,7 +7,7 @@ PLOT_SOURCE = {"gap": "gap", "recon": "recon", "denoise": "gap", "g": "gap", "in
                "manipulation": "manipulation", "truncation": "truncation", "efficiency": "efficiency",
                "samples": "uncond", "fewshot": "fewshot", "uncond": "uncond"}
 FIRST_SEED = SEEDS[0]
-FIRST_ABLATION_SEED = ABLATION_SEEDS[0]
+FIRST_FIGURE_SEED = FIGURE_SEEDS[0]
 
 
 rule make_tables:
@@ -35,6 +35,8 @@ rule make_claims:
     output:
         csv=report("results/tables/claims.csv", caption="../report/claims.rst", category="Claims"),
         md="results/tables/claims.md",
+        health_csv=report("results/tables/health.csv", caption="../report/health.rst", category="Claims"),
+        health_md="results/tables/health.md",
     conda:
         ENV
     log:
