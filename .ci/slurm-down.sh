@@ -5,7 +5,8 @@
 # A PID is only signalled while its process still has the recorded name (a recycled PID is left alone).
 # SIGTERM, then SIGKILL after 10 s. Afterwards /etc/slurm/slurm.conf (ours) is removed: with a config
 # but no slurmctld, every `scontrol` call (and so every snakemake start, through the slurm executor
-# plugin) stalls 10-20 s; without a config scontrol fails at once (shared/ENVIRONMENT.md §4).
+# plugin, which runs `scontrol show config` with a 10 s timeout at start-up) stalls 10-20 s; without a
+# config scontrol fails at once.
 # Set PDAE_SLURM_KEEP_CONF=1 to keep the config.
 set -uo pipefail
 

@@ -20,7 +20,8 @@
 #
 # Node size and partitions: PDAE_SLURM_CPUS, PDAE_SLURM_MEM_MB, PDAE_SLURM_PARTITIONS (see step 2).
 #
-# Needs root (apt-get, munged as the munge user, slurmd). Set-up and traps: shared/ENVIRONMENT.md §4-5.
+# Needs root (apt-get, munged as the munge user, slurmd). Set-up and traps: the numbered steps below and
+# .ci/slurm-down.sh.
 set -euo pipefail
 
 PDAE_SLURM_DIR=${PDAE_SLURM_DIR:-/tmp/pdae-slurm}

@@ -2,7 +2,7 @@
 
 Run through `benchmarks/gpu_check.sh` on a machine with a CUDA GPU. Two parts:
 
-1. Correctness, on one fixed input at the preset's architecture (default FFHQ128, REFERENCE.md §2.1-2.3):
+1. Correctness, on one fixed input at the preset's architecture (default FFHQ128, docs/protocol.md §2.1-2.3):
    eps_theta(x_t, t) of the frozen prior U-Net, G(x_t, z, t) of PDAE's gradient estimator (z = E(x0)),
    the Diff-AE eps and PDAE's training loss, each computed in strict fp32 (TF32 off) and again under
    bf16 autocast, with channels_last weights and input, and (with --compile) through torch.compile. The
@@ -11,7 +11,7 @@ Run through `benchmarks/gpu_check.sh` on a machine with a CUDA GPU. Two parts:
 2. Throughput: `pdae.bench.run_benchmark` (fp32, the `pdae bench` protocol: random images, forward +
    backward + Adam through `Method.loss`) and the same steps the way `pdae train` runs on CUDA (bf16
    autocast around the forward, channels_last; optionally compiled), for PDAE and Diff-AE. The paper
-   reports 81.57 (PDAE) vs 75.41 (Diff-AE) images/s per A100 at 128 px (REFERENCE.md §4.4).
+   reports 81.57 (PDAE) vs 75.41 (Diff-AE) images/s per A100 at 128 px (paper §4.1).
 
 Everything goes to one JSON file (default benchmarks/results/gpu_check_<date>.json). Exit status 0 when
 all checks pass, 1 when one fails, 0 with a message (nothing written) when the device is CUDA and there

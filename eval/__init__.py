@@ -1,4 +1,4 @@
-"""Evaluation of pdae-bench: metrics, FID statistics, metric backends (DESIGN.md §6).
+"""Evaluation of pdae-bench: metrics, FID statistics, metric backends (docs/protocol.md §5.10).
 
 Import submodules explicitly (``from eval import metrics``); the package name shadows the builtin
 ``eval``, so never write ``import eval``.

@@ -1,14 +1,18 @@
-"""Metric backends: which networks give LPIPS and the FID / KID features (DESIGN.md §6, REFERENCE.md §5.1, §5.7).
+"""Metric backends: which networks give the perceptual distance of Table 1 and the FID / KID features.
 
-A ``MetricBackend`` bundles an LPIPS-like distance on [-1, 1] images and the name of a feature
-extractor registered with torch-fidelity, so FID and KID are always torch-fidelity's.
+A ``MetricBackend`` bundles a per-image distance on [-1, 1] images and the name of a feature
+extractor registered with torch-fidelity, so FID and KID are always torch-fidelity's. The distance is
+reported under the metric name ``backend.distance_name``, which says what is measured:
 
-- ``standard``: LPIPS-AlexNet (``lpips`` package, as PDAE / Diff-AE) and torch-fidelity's
-  ``inception-v3-compat`` (the TF-Inception port behind published FIDs). Both weight files must be
-  present locally; nothing is ever downloaded. A missing file raises ``MissingWeightsError``.
-- ``domain``: a feature network trained inside the workflow (``pdae.nets.classifier.FeatureNet``)
-  gives both the FID features and an LPIPS-style distance; works offline. Its numbers are not
-  comparable with published ones, which is why every table names the backend.
+- ``standard``: ``distance_name`` "lpips": real LPIPS-AlexNet (``lpips`` package, v0.1, as the official
+  PDAE and Diff-AE evaluations, paper §4.3 Table 1) and torch-fidelity's ``inception-v3-compat`` (the
+  TF-Inception port behind published FIDs). Both weight files must be present locally; nothing is ever
+  downloaded. A missing file raises ``MissingWeightsError``.
+- ``domain``: ``distance_name`` "feat_dist" ("domain feature distance"): a feature network trained inside
+  the workflow on the dataset's labels (``pdae.nets.classifier.FeatureNet``) gives both the FID features
+  and an LPIPS-style distance between its channel-normalised stage feature maps (uniform stage weights,
+  no learned linear heads; values in [0, 4]). It is NOT LPIPS and its numbers are not comparable with published ones,
+  which is why it has its own metric name and every table names the backend. Works offline.
 
 Weight files are loaded with ``torch.load(..., weights_only=True)``: loading never executes code.
 """
@@ -53,18 +57,26 @@ class WeightsFileError(ValueError):
     """A weight file exists but cannot be loaded safely or does not fit the architecture."""
 
 
+# Metric name and axis label of each backend's per-image distance.
+LPIPS_NAME, FEAT_DIST_NAME = "lpips", "feat_dist"
+DISTANCE_LABELS = {LPIPS_NAME: "LPIPS-AlexNet distance", FEAT_DIST_NAME: "domain feature distance"}
+
+
 @dataclass
 class MetricBackend:
-    """LPIPS-like distance plus a torch-fidelity feature extractor for FID / KID.
+    """A per-image perceptual distance plus a torch-fidelity feature extractor for FID / KID.
 
     Attributes:
         name: "standard" or "domain"; written next to every number.
-        lpips_net: callable (a, b) -> [N] (or [N, 1, 1, 1]) on [-1, 1] images.
+        lpips_net: callable (a, b) -> [N] (or [N, 1, 1, 1]) on [-1, 1] images: LPIPS-AlexNet for the
+            standard backend, the feature-map distance for the domain backend.
         feature_extractor: name registered with torch-fidelity's ``register_feature_extractor``.
         fidelity_kwargs: extra ``torch_fidelity.calculate_metrics`` keyword arguments (weights path).
         fid_layer: feature name for FID and KID; None takes the extractor's default (Inception:
             "2048", pool3, as published FIDs). Lower Inception layers ("64", "192", "768", as
             pytorch-fid's --dims) suit sets far smaller than the feature dimension.
+        distance_name: metric name of ``distance`` in the records: "lpips" (real LPIPS only) or
+            "feat_dist" (domain feature distance). Consumers ask the backend instead of assuming "lpips".
     """
 
     name: str
@@ -72,10 +84,21 @@ class MetricBackend:
     feature_extractor: str
     fidelity_kwargs: dict[str, Any] = field(default_factory=dict)
     fid_layer: str | None = None
+    distance_name: str = LPIPS_NAME
+
+    @property
+    def distance_label(self) -> str:
+        """Human-readable name of ``distance`` ("LPIPS-AlexNet distance" or "domain feature distance")."""
+        return DISTANCE_LABELS.get(self.distance_name, self.distance_name)
+
+    def distance(self, a: Tensor, b: Tensor) -> Tensor:
+        """Per-image distance, float64 [N], of images a, b in [-1, 1]  # [N, C, H, W]; name: ``distance_name``."""
+        return metrics.lpips_distance(a, b, self.lpips_net)
 
     def lpips(self, a: Tensor, b: Tensor) -> Tensor:
-        """Per-image LPIPS(-like) distance, float64 [N], of images a, b in [-1, 1]  # [N, C, H, W]."""
-        return metrics.lpips_distance(a, b, self.lpips_net)
+        """Alias of ``distance`` kept for callers written before ``distance_name``; it is LPIPS only when
+        ``distance_name == "lpips"``. Records must be labelled with ``distance_name``, never "lpips" blindly."""
+        return self.distance(a, b)
 
     def feature_layer(self, metric: str = "fid") -> str:
         """torch-fidelity feature name used for ``metric`` ("fid" or "kid")."""
@@ -217,6 +240,7 @@ def standard_backend(
         lpips_net=lpips_net,
         feature_extractor=STANDARD_FEATURE_EXTRACTOR,
         fidelity_kwargs={"feature_extractor_weights_path": str(weights)},
+        distance_name=LPIPS_NAME,
     )
 
 
@@ -331,7 +355,8 @@ def _required_int(feature_net: nn.Module, attribute: str, given: int | None) -> 
 def domain_backend(
     feature_net: nn.Module, *, in_channels: int | None = None, image_size: int | None = None
 ) -> MetricBackend:
-    """Backend built on a trained domain feature network (``pdae.nets.classifier.FeatureNet`` interface).
+    """Backend built on a trained domain feature network (``pdae.nets.classifier.FeatureNet`` interface);
+    its distance is reported as "feat_dist" (domain feature distance), not "lpips".
 
     Args:
         feature_net: module with ``features(x) -> [N, D]`` and ``feature_maps(x) -> list[[N, C_s, H_s, W_s]]``
@@ -349,4 +374,5 @@ def domain_backend(
         name="domain",
         lpips_net=FeatureMapLPIPS(net, in_channels),
         feature_extractor=register_domain_extractor(net, in_channels, image_size),
+        distance_name=FEAT_DIST_NAME,
     )

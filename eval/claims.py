@@ -138,22 +138,27 @@ class Gate:
     unhealthy_unknown: list[str] = dataclasses.field(default_factory=list)
     proponent_not_converged: list[str] = dataclasses.field(default_factory=list)
     baseline_not_converged: list[str] = dataclasses.field(default_factory=list)
+    any_not_converged: list[str] = dataclasses.field(default_factory=list)  # claims about convergence itself
 
 
 def gated(verdict: str, why: str, gate: Gate) -> tuple[str, str]:
-    """Apply the gates (in this order: seeds, health, convergence) to an interval verdict."""
+    """Apply the gates to an interval verdict: fewer than MIN_SEEDS seeds, an unhealthy model, or a model that has
+    not converged and loses the comparison make it inconclusive; the reason lists every gate that applies."""
+    reasons = []
     if gate.n_seeds < MIN_SEEDS:
-        return "inconclusive", f"{gate.n_seeds} seed(s) < {MIN_SEEDS} ({why})"
+        reasons.append(f"{gate.n_seeds} seed(s) < {MIN_SEEDS}")
     if gate.unhealthy:
-        return "inconclusive", "unhealthy model: " + "; ".join(gate.unhealthy)
+        reasons.append("unhealthy model: " + "; ".join(gate.unhealthy))
     if verdict == "reproduced" and gate.baseline_not_converged:
-        return "inconclusive", "budget-limited: the baseline has not converged (" + \
-            "; ".join(gate.baseline_not_converged) + f"); {why}"
+        reasons.append("budget-limited: the baseline has not converged (" + "; ".join(gate.baseline_not_converged) + ")")
     if verdict == "not reproduced" and gate.proponent_not_converged:
-        return "inconclusive", "budget-limited: PDAE has not converged (" + \
-            "; ".join(gate.proponent_not_converged) + f"); {why}"
-    notes = [f"health unknown: {u}" for u in gate.unhealthy_unknown]
-    return verdict, "; ".join([why] + notes)
+        reasons.append("budget-limited: PDAE has not converged (" + "; ".join(gate.proponent_not_converged) + ")")
+    if gate.any_not_converged:
+        reasons.append("budget-limited: not converged, so the images to converge are unknown ("
+                       + "; ".join(gate.any_not_converged) + ")")
+    if reasons:
+        return "inconclusive", "; ".join(reasons) + f" (interval alone: {verdict}, {why})"
+    return verdict, "; ".join([why] + [f"health unknown: {u}" for u in gate.unhealthy_unknown])
 
 
 def make_gate(health: Sequence[Mapping[str, Any]], dataset: str, n_seeds: int, models: Sequence[tuple[str, Sequence[str]]],
@@ -252,8 +257,11 @@ def paired_difference(metric: str, a_rows: Sequence[Mapping[str, Any]], b_rows: 
 
 
 def fid_difference(a_rows: Sequence[Mapping[str, Any]], b_rows: Sequence[Mapping[str, Any]],
-                   reuse_b: bool = False) -> tuple[tuple[float, float, float] | None, int, str]:
-    """Signed FID difference (b - a: positive = a lower = better) with an interval over samples and seeds."""
+                   reuse_b: bool = False, aligned: bool = False) -> tuple[tuple[float, float, float] | None, int, str]:
+    """Signed FID difference (b - a: positive = a lower = better) with an interval over samples and seeds.
+
+    aligned: replicate k of a and of b resampled the same sample indices (same eval seed, stream and n: the
+    evaluations seed their bootstrap so), which keeps the resampling bias of FID out of the difference."""
     a, b = by_run_seed(a_rows), by_run_seed(b_rows)
     ra_, rb_, ea, eb, seeds = [], [], [], [], []
     for seed, ra in sorted(a.items()):
@@ -267,7 +275,10 @@ def fid_difference(a_rows: Sequence[Mapping[str, Any]], b_rows: Sequence[Mapping
         seeds.append(seed)
     if not seeds:
         return None, 0, "no FID records with bootstrap replicates"
-    iv = stats.combine_paired_replicates(rb_, ra_, n_boot=N_BOOT, rng=0, level=LEVEL, estimates_a=eb, estimates_b=ea)
+    aligned = aligned and all(x.size == y.size for x, y in zip(ra_, rb_)) and all(
+        str(a[s].get("n_samples", "-")) == str((b.get(s) or next(iter(b.values()))).get("n_samples", "-")) for s in seeds)
+    iv = stats.combine_paired_replicates(rb_, ra_, n_boot=N_BOOT, rng=0, level=LEVEL, estimates_a=eb, estimates_b=ea,
+                                         aligned=aligned)
     n = a[seeds[0]].get("n_samples", "-")
     ev = f"FID {_fmt(float(np.mean(ea)))} vs {_fmt(float(np.mean(eb)))} ({len(seeds)} seeds, n = {n} samples each)"
     return (iv.estimate, iv.lo, iv.hi), len(seeds), ev
@@ -465,10 +476,8 @@ def claim_efficiency(rows: Sequence[Mapping[str, Any]], health: Sequence[Mapping
             for m in ("pdae", "diffae"):
                 ok, reasons = health_mod.status_of(health, ds, m, ("converged",))
                 if ok is False:
-                    gate.unhealthy += [f"not converged, images to converge unknown: {x}" for x in reasons]
+                    gate.any_not_converged += reasons
             verdict, why = gated(verdict, why, gate)
-            if verdict == "inconclusive" and why.startswith("unhealthy model: not converged"):
-                why = "budget-limited: " + why[len("unhealthy model: "):]
             out.append(claim_row("claim", "efficiency", ds, "SSIM, random x_T", "images PDAE / images Diff-AE (<= 0.5)",
                                  tri, len(vals), verdict, why, "; ".join(parts)))
         ips = select(eff, metric="images_per_s")
@@ -504,7 +513,7 @@ def claim_uncond(rows: Sequence[Mapping[str, Any]], health: Sequence[Mapping[str
                 ("uncond_diffae", "diffae", [("pdae_samples", ("latent", "samples")),
                                              ("diffae_samples", ("latent", "samples"))]),
             ):
-                iv, n, ev = fid_difference(pdae, select(fid, method=base, steps=T))
+                iv, n, ev = fid_difference(pdae, select(fid, method=base, steps=T), aligned=True)
                 if iv is None:
                     continue
                 verdict, why = gated(*verdict_better(iv[1], iv[2]),
@@ -534,7 +543,7 @@ def claim_fewshot(rows: Sequence[Mapping[str, Any]], health: Sequence[Mapping[st
                 base_rows = select(cell, method=base)
                 if base == "naive":  # naive rows are per autoencoder file; keep those paired with PDAE's
                     base_rows = [r for r in base_rows if "pdae" in str(r.get("config", "pdae"))] or base_rows
-                iv, n, ev = fid_difference(pdae, base_rows)
+                iv, n, ev = fid_difference(pdae, base_rows, aligned=base != "naive")
                 if iv is None:
                     continue
                 verdict, why = gated(*verdict_better(iv[1], iv[2]),

@@ -183,3 +183,10 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def add_precision_arg(p: argparse.ArgumentParser, default: str) -> None:
+    """--precision of the networks while sampling (pdae.precision): auto = bf16 where the device has it."""
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=default,
+                   help=f"network precision while sampling (default {default}: bf16 autocast on a GPU with bf16 or a "
+                        "CPU with AVX512-BF16/AMX, else fp32; schedules, DDIM arithmetic and metrics stay fp32)")

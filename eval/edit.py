@@ -3,22 +3,23 @@
 
 Sub-commands:
 
-    interpolate   REFERENCE.md §5.4. Encode two held-out images to (z, x_T) (z = E(x0); x_T by DDIM inversion
+    interpolate   Paper §4.4, Fig. 7. Encode two held-out images to (z, x_T) (z = E(x0); x_T by DDIM inversion
                   with the shift, paper Eq. 8), decode with DDIM from Slerp(x_T^a, x_T^b; lam) under
                   G(x_t, Lerp(z^a, z^b; lam), t) (mode z_lerp, row 1 of Fig. 7) and under
                   Lerp(G(., z^a), G(., z^b); lam) (mode g_lerp, row 2; PDAE only), lam = 0, 0.1, ..., 1.
                   Diff-AE: its conditional eps under Lerp(z). Measured: endpoint_mse (frames at lam = 0 / 1
-                  against the plain reconstructions; 0 by construction), smoothness (LPIPS of the metric
-                  backend between consecutive frames, recorded at the later lam).
-    manipulate    REFERENCE.md §2.5, §5.5. z_n' = z_n + s sqrt(D) w_c / ||w_c|| in the latent classifier's
+                  against the plain reconstructions; 0 by construction), smoothness (the metric backend's
+                  distance, LPIPS-AlexNet or feat_dist, between consecutive frames, recorded at the later lam).
+    manipulate    Paper §4.5, Fig. 8. z_n' = z_n + s sqrt(D) w_c / ||w_c|| in the latent classifier's
                   normalised space, denormalised, decoded from the inferred x_T. Measured per strength s
                   (s = 0 is the plain reconstruction): attr_prob = the classifier's probability of the
                   attribute on E(edited image) (re-encoded, so the decoder must really render the edit; it
-                  should rise with s) and identity = 1 - LPIPS(edited image, original image) (metric backend;
-                  should stay high).
-    truncation    REFERENCE.md §5.8. Class-conditional PDAE (`pdae_class`): DDIM samples per class from fixed
+                  should rise with s) and identity = 1 - distance(edited image, original image) (the
+                  backend's LPIPS or feat_dist; should stay high).
+    truncation    Paper §4.6, Fig. 9. Class-conditional PDAE (`pdae_class`): DDIM samples per class from fixed
                   per-sample x_T, G scaled by s (eps_hat = eps_theta - s sqrt(1 - alpha_bar) G). Measured per s:
-                  fid (all samples pooled vs reference statistics of the dataset) and class_accuracy (the domain
+                  fid (all samples pooled vs reference statistics of the dataset; with `n_samples` and B
+                  bootstrap replicates as `values`, units "bootstrap") and class_accuracy (the domain
                   feature network's argmax vs the conditioning label).
 
 Figures: `--arrays FILE.npz` writes `grid` [rows, cols, C, H, W] in [-1, 1] with `row_labels` / `col_labels`
@@ -38,16 +39,18 @@ from torch import Tensor
 from eval import common, metrics
 from eval.reconstruct import encode_all, infer_x_T
 from eval.sample import decode, image_shape, model_device, write_arrays
+from eval.stats import FID_BOOTSTRAP
+from pdae import precision as precision_mod
 from pdae.diffusion.sampling import ddim_sample, lerp, mix_shift_fns, slerp
 
 DEFAULT_LAMS = tuple(round(0.1 * k, 1) for k in range(11))      # λ ∈ {0, 0.1, ..., 1} (paper Fig. 7)
-DEFAULT_STRENGTHS = (-0.3, -0.1, 0.1, 0.3)                      # s of REFERENCE.md §2.5
+DEFAULT_STRENGTHS = (-0.3, -0.1, 0.1, 0.3)                      # s of official PDAE code, sampler/manipulation.py
 DEFAULT_SCALES = tuple(0.5 * k for k in range(7))               # {0, 0.5, ..., 3.0} (paper Fig. 9)
 INTERPOLATION_MODES = ("z_lerp", "g_lerp")
 
 
 # ------------------------------------------------------------------------------------------------
-# Interpolation (Fig. 7, REFERENCE.md §5.4).
+# Interpolation (Fig. 7, docs/protocol.md §5.4).
 
 
 def _decode_g_lerp(
@@ -160,10 +163,11 @@ def run_interpolate(args: argparse.Namespace) -> int:
     meta = dict(
         command="interpolate", steps=args.steps, encode_steps=args.encode_steps, convention=args.convention,
         num_pairs=p, lams=lams, source_indices=[int(i) for i in ds.source_indices[: 2 * p]],
-        notes="REFERENCE.md 5.4: x_T by shifted DDIM inversion (encode_steps), DDIM decoding (steps) from "
+        notes="docs/protocol.md §5.4: x_T by shifted DDIM inversion (encode_steps), DDIM decoding (steps) from "
               "Slerp(x_T) under Lerp(z) (z_lerp) or Lerp of G (g_lerp, PDAE only); pairs are held-out images "
-              "(0,1), (2,3), ...; endpoint_mse vs the plain reconstructions on [0,1]; smoothness = LPIPS between "
-              "consecutive frames, recorded at the later lam",
+              "(0,1), (2,3), ...; endpoint_mse vs the plain reconstructions on [0,1]; smoothness = the backend's "
+              "distance (LPIPS-AlexNet, or the domain feature distance feat_dist) between consecutive frames, "
+              "recorded at the later lam",
     )
     common.write_records(args.out, rows, **meta)
     if args.arrays:
@@ -180,11 +184,12 @@ def run_interpolate(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
-# Attribute manipulation (Fig. 8, REFERENCE.md §2.5, §5.5).
+# Attribute manipulation (Fig. 8, docs/protocol.md §2.5, §5.5).
 
 
 def edit_latent(z: Tensor, direction: Tensor, strength: float, stats: Any) -> Tensor:
-    """z' = denormalize(normalize(z) + s sqrt(D) d) with d = w_c / ||w_c|| (REFERENCE.md §2.5).
+    """z' = denormalize(normalize(z) + s sqrt(D) d) with d = w_c / ||w_c|| (official PDAE code,
+    sampler/manipulation.py, with sqrt(D) for its sqrt(512)).
 
     :param z: raw latents [N, D]; :param direction: unit direction in normalised-z space [D];
     :param stats: the classifier's `LatentStats` (`normalize`, `denormalize`).
@@ -269,10 +274,11 @@ def run_manipulate(args: argparse.Namespace) -> int:
         command="manipulate", steps=args.steps, encode_steps=args.encode_steps, convention=args.convention,
         num_images=int(x0.shape[0]), classifier=str(args.classifier), targets=kind,
         source_indices=[int(i) for i in ds.source_indices[: x0.shape[0]]],
-        notes="REFERENCE.md 2.5/5.5: z_n' = z_n + s sqrt(D) w_c/||w_c|| in the classifier's normalised space, "
+        notes="docs/protocol.md §2.5/§5.5: z_n' = z_n + s sqrt(D) w_c/||w_c|| in the classifier's normalised space, "
               "decoded from the x_T inferred by shifted DDIM inversion; strength 0 = plain reconstruction; "
               "attr_prob = classifier probability (sigmoid for attributes, softmax for labels) on E(edited image); "
-              "identity = 1 - LPIPS(edited, original input) with the metric backend",
+              "identity = 1 - distance(edited, original input) with the metric backend's distance (LPIPS-AlexNet, "
+              "or the domain feature distance feat_dist)",
     )
     common.write_records(args.out, rows, **meta)
     if args.arrays:
@@ -286,7 +292,7 @@ def run_manipulate(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
-# Truncation-like effect (Fig. 9, REFERENCE.md §5.8).
+# Truncation-like effect (Fig. 9, docs/protocol.md §5.8).
 
 
 def class_accuracy(logits: Tensor, labels: Tensor) -> float:
@@ -300,7 +306,8 @@ def truncation_labels(num_classes: int, per_class: int) -> Tensor:
 
 
 def run_truncation(args: argparse.Namespace) -> int:
-    from eval.fid import compute_fid
+    from eval.fid import compute_fid, fid_records, reference_stats
+    from eval.sample import bootstrap_seed
     from pdae.data import build_dataset
     from pdae.methods import load_method
 
@@ -317,11 +324,13 @@ def run_truncation(args: argparse.Namespace) -> int:
                          f"the model {num_classes}")
     spec = common.data_spec(method, args.data)
     backend = common.backend_from_args(args, device)
+    cuda = device.type == "cuda"
     if args.ref_stats:
-        reference: Any = args.ref_stats
+        reference_input: Any = args.ref_stats
     else:
         ref_ds = build_dataset(spec, split="train")
-        reference = torch.stack([ref_ds[i][0] for i in range(min(args.num_ref_images, len(ref_ds)))])
+        reference_input = torch.stack([ref_ds[i][0] for i in range(min(args.num_ref_images, len(ref_ds)))])
+    reference, _ = reference_stats(reference_input, backend, batch_size=args.batch_size, cuda=cuda)  # once
     shape = image_shape(method, args.data)
     labels = truncation_labels(num_classes, args.num_samples)
     x_T = common.image_noise(shape, range(len(labels)), args.seed)
@@ -331,23 +340,28 @@ def run_truncation(args: argparse.Namespace) -> int:
     grid_index = torch.cat([torch.arange(k) + c * args.num_samples for c in range(num_classes)])
     for scale in args.scales:
         samples = decode(method, labels, x_T, args.steps, args.stop_fraction, convention=args.convention,
-                         shift_scale=float(scale), batch_size=args.batch_size).clamp(-1.0, 1.0)
-        fid = compute_fid(samples, reference, backend, kid=False, batch_size=args.batch_size,
-                          cuda=device.type == "cuda")["fid"]
+                         shift_scale=float(scale), batch_size=args.batch_size,
+                         precision=args.precision).clamp(-1.0, 1.0)
+        # Same bootstrap seed at every scale: the replicates of two scales resample the same samples (same x_T).
+        res = compute_fid(samples, reference, backend, kid=False, batch_size=args.batch_size, cuda=cuda,
+                          bootstrap=args.bootstrap, bootstrap_seed=bootstrap_seed(args.seed, args.steps))
         with torch.no_grad():
             logits = common.batched(lambda x: feature_net.net(x.to(device)).cpu(), samples, batch_size=args.batch_size)
         cols = dict(table="truncation", scale=float(scale), steps=args.steps)
-        rows.append(common.record(prov, "fid", fid, backend.name, **cols))
+        rows += fid_records(prov, res, **cols)
         rows.append(common.record(prov, "class_accuracy", class_accuracy(logits, labels), "-", **cols))
         grid.append(samples[grid_index])
     meta = dict(
         command="truncation", convention=args.convention, num_samples_per_class=args.num_samples,
         num_classes=num_classes, stop_fraction=args.stop_fraction, noise_seed=args.seed,
-        reference=str(args.ref_stats) if args.ref_stats else f"first {len(reference)} training images",
+        reference=str(args.ref_stats) if args.ref_stats else f"first {len(reference_input)} training images",
+        bootstrap=args.bootstrap, precision=precision_mod.resolve(args.precision, device),
         feature_net=str(args.feature_net),
-        notes="REFERENCE.md 5.8: DDIM from per-sample x_T (image_noise(seed)), same x_T at every scale, "
-              "eps_hat = eps_theta - s sqrt(1 - alpha_bar) G(x_t, y, t); fid of all samples pooled vs the dataset "
-              "reference; class_accuracy = feature net argmax vs the conditioning label",
+        notes="docs/protocol.md §5.8: DDIM from per-sample x_T (image_noise(seed)), same x_T at every scale, "
+              "eps_hat = eps_theta - s sqrt(1 - alpha_bar) G(x_t, y, t); fid of all n_samples samples pooled vs "
+              "the dataset reference, values = bootstrap replicates (units 'bootstrap': samples resampled with "
+              "replacement, the same indices at every scale, reference fixed); class_accuracy = feature net "
+              "argmax vs the conditioning label",
     )
     common.write_records(args.out, rows, **meta)
     if args.arrays:
@@ -365,7 +379,8 @@ def run_truncation(args: argparse.Namespace) -> int:
 
 def _common_args(p: argparse.ArgumentParser, decode_steps: int, paper: str) -> None:
     p.add_argument("--steps", type=int, default=decode_steps, help=f"DDIM decoding steps ({paper})")
-    p.add_argument("--convention", choices=("paper", "current"), default="paper", help="DDIM respacing (REFERENCE 1.6)")
+    p.add_argument("--convention", choices=("paper", "current"), default="paper",
+                   help="DDIM respacing (docs/protocol.md §1.6)")
     p.add_argument("--out", required=True, help="records JSON")
     p.add_argument("--arrays", default=None, help="NPZ figure grid (+ JSON sidecar)")
     p.add_argument("--data", default=None, help="dataset spec YAML (default: the model's training data)")
@@ -404,6 +419,9 @@ def register_cli(subparsers: Any) -> None:
     p.add_argument("--ref-stats", default=None, help="reference statistics file (`ref-stats`); default: computed "
                    "from the first --num-ref-images training images")
     p.add_argument("--num-ref-images", type=int, default=1000, help="training images for the default reference")
+    p.add_argument("--bootstrap", type=int, default=FID_BOOTSTRAP,
+                   help=f"bootstrap replicates of each FID, stored as the record's values (default {FID_BOOTSTRAP})")
     p.add_argument("--grid-per-class", type=int, default=2, help="samples per class in the figure grid")
     _common_args(p, 20, "paper: 100")
+    common.add_precision_arg(p, "auto")
     p.set_defaults(func=run_truncation)

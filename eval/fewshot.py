@@ -1,4 +1,4 @@
-"""Few-shot conditional generation (PDAE paper §4.7, Table 3) with the D2C protocol (REFERENCE.md §5.6).
+"""Few-shot conditional generation (PDAE paper §4.7, Table 3) with the D2C protocol (docs/protocol.md §5.6).
 
 A class is a binary split of the training images: an attribute (`--attribute Male`: positive = attribute
 present) or a set of labels (`--positive-classes 0 1 2 3 4`: positive = label in the set); the negative class
@@ -14,10 +14,14 @@ is the rest. For each scenario:
 
 Then, per class: draw z from the latent DPM (`eval.sample.sample_latents`, per-draw noise), accept each draw
 with probability p(class | z) (seeded uniforms) until `num_samples` are accepted, decode the accepted z with
-the autoencoder (`eval.sample.decode`, PDAE's shift off for the last `stop_fraction` of the steps, §4.8), and
-report FID against all training images of the class. "naive" = FID between all training images and the class
-subset (REFERENCE.md §5.6; the paper's naive column repeats across scenarios). Classifiers work on z
-normalised with the latent DPM's dataset statistics; training is full batch from zero (deterministic).
+the autoencoder (`eval.sample.decode`, PDAE's shift off for the last `stop_fraction` of the steps, paper §4.8), and
+report FID against all training images of the class. "naive" = FID of `num_samples` training images drawn
+without replacement from the whole split (seed `--seed`, the same for every class and scenario) against the
+class: the baseline of drawing from the unconditional data, at the same sample count as PDAE's samples so
+that both carry the same finite-n FID bias (the paper's naive column repeats across scenarios). Every FID
+record carries `n_samples` and B bootstrap replicates as `values` (units "bootstrap"; `--bootstrap`).
+Classifiers work on z normalised with the latent DPM's dataset statistics; training is full batch from zero
+(deterministic).
 
 Notation: z -> raw semantic latents [N, D]; y -> 0/1 targets [N] (1 = labelled positive); p -> p(class | z) [N].
 """
@@ -35,14 +39,18 @@ from torch import Tensor
 
 from eval import common
 from eval.reconstruct import encode_all
+from pdae import precision as precision_mod
 from eval.sample import (
     DEFAULT_STOP_FRACTION,
+    bootstrap_seed,
     decode,
     image_shape,
     latent_noise,
+    real_sample_indices,
     sample_latents,
     write_arrays,
 )
+from eval.stats import FID_BOOTSTRAP
 
 SCENARIOS = ("binary", "pu")
 RISKS = ("logistic", "nnpu")
@@ -157,7 +165,7 @@ def train_latent_classifier(
 
 
 # ------------------------------------------------------------------------------------------------
-# Acceptance sampling (D2C; REFERENCE.md §5.6): accepted draws are distributed as p(z | class).
+# Acceptance sampling (D2C; paper §4.7): accepted draws are distributed as p(z | class).
 
 
 @dataclass(frozen=True)
@@ -300,7 +308,8 @@ def stream_seed(seed: int, scenario: str, k: int) -> int:
 # CLI: `python -m eval fewshot`.
 
 
-def _latent_drawer(latent: Any, steps: int, seed: int, convention: str) -> Callable[[int], Tensor]:
+def _latent_drawer(latent: Any, steps: int, seed: int, convention: str,
+                   precision: str = "fp32") -> Callable[[int], Tensor]:
     """draw_fn(k): the next k raw z from the latent DPM; draw i always uses z_T = latent_noise(i, seed)."""
     dim = int(latent.stats.mean.shape[0])
     state = {"next": 0}
@@ -308,13 +317,13 @@ def _latent_drawer(latent: Any, steps: int, seed: int, convention: str) -> Calla
     def draw(k: int) -> Tensor:
         z_T = latent_noise(k, dim, seed, start=state["next"])
         state["next"] += k
-        return sample_latents(latent, k, steps, z_T=z_T, convention=convention)
+        return sample_latents(latent, k, steps, z_T=z_T, convention=convention, precision=precision)
 
     return draw
 
 
 def run_fewshot(args: argparse.Namespace) -> int:
-    from eval.fid import compute_fid
+    from eval.fid import compute_fid, fid_records, reference_stats
     from pdae.data import build_dataset
 
     device = common.resolve_device(args.device)
@@ -354,41 +363,52 @@ def run_fewshot(args: argparse.Namespace) -> int:
     z_all = encode_all(ae, images, args.batch_size)
     prov = common.provenance(ae, eval_seed=args.seed)
     rows, grid, meta_classes = [], [], {}
+    # The naive baseline: num_samples real training images of any class, the same for both classes.
+    naive_images = images[torch.from_numpy(real_sample_indices(len(images), args.num_samples, args.seed))]
+    fid_kw = dict(kid=False, batch_size=args.batch_size, cuda=cuda, bootstrap=args.bootstrap)
     for k, (name, clf, info) in enumerate(classes):
         member = split.positive if k == 0 else ~split.positive
         accuracy = float(((clf.prob(z_all) > 0.5) == member).double().mean())
         seed_k = stream_seed(args.seed, args.scenario, k)
         result = acceptance_sample(
-            _latent_drawer(latent, args.steps, seed_k, args.convention),
+            _latent_drawer(latent, args.steps, seed_k, args.convention, args.precision),
             clf.prob,
             args.num_samples, torch.Generator().manual_seed(seed_k), args.max_draws,
         )
         x_T = common.image_noise(shape, range(args.num_samples), seed_k)
         samples = decode(ae, result.samples, x_T, args.steps, args.stop_fraction, convention=args.convention,
-                         batch_size=args.batch_size).clamp(-1.0, 1.0)
-        reference: Any = args.reference_stats[k] if args.reference_stats else images[member]
+                         batch_size=args.batch_size, precision=args.precision).clamp(-1.0, 1.0)
+        reference, _ = reference_stats(args.reference_stats[k] if args.reference_stats else images[member], backend,
+                                       batch_size=args.batch_size, cuda=cuda)
         cols = dict(table="fewshot", scenario=args.scenario, **{"class": name})
-        fid = compute_fid(samples, reference, backend, kid=False, batch_size=args.batch_size, cuda=cuda)["fid"]
-        naive = compute_fid(images, reference, backend, kid=False, batch_size=args.batch_size, cuda=cuda)["fid"]
-        rows.append(common.record(prov, "fid", fid, backend.name, **cols))
+        # Bootstrap seeds: PDAE's per scenario and class; naive's per class only, so its rows repeat exactly.
+        res = compute_fid(samples, reference, backend, bootstrap_seed=bootstrap_seed(
+            args.seed, 1 + SCENARIOS.index(args.scenario), k), **fid_kw)
+        naive = compute_fid(naive_images, reference, backend, bootstrap_seed=bootstrap_seed(args.seed, 0, k), **fid_kw)
+        rows += fid_records(prov, res, **cols)
         rows.append(common.record(prov, "acceptance_rate", result.rate, "-", **cols))
-        rows.append(common.record({**prov, "method": "naive"}, "fid", naive, backend.name, **cols))
+        rows += fid_records({**prov, "method": "naive"}, naive, **cols)
         meta_classes[name] = {**info, "num_class_images": int(member.sum()), "draws": result.draws,
                               "classifier_train_split_accuracy": accuracy}
         grid.append(samples[: args.grid_samples])
     meta = dict(
         command="fewshot", scenario=args.scenario, steps=args.steps, convention=args.convention,
         stop_fraction=args.stop_fraction, num_samples=args.num_samples, num_labelled=args.num_labelled,
+        precision=precision_mod.resolve(args.precision, device),
+        naive_images=int(len(naive_images)), bootstrap=args.bootstrap,
         num_unlabelled=args.num_unlabelled if args.scenario == "pu" else "-", l2=args.l2, seed_eval=args.seed,
         class_definition=({"attribute": args.attribute} if args.attribute
                           else {"positive_classes": args.positive_classes}),
         latent=str(args.latent), classes=meta_classes,
         reference=list(args.reference_stats) if args.reference_stats else "all training images of each class",
-        notes="D2C protocol (REFERENCE.md 5.6): latent logistic classifier on z normalised with the latent DPM's "
-              "statistics (binary: cross-entropy on num_labelled/2 per class, L-BFGS; pu: nnPU risk, Kiryo et al. "
-              "2017, prior = class frequency in the training split unless --class-prior), acceptance sampling from "
-              "the latent DPM with probability p(class|z), decoding with the shift off for the last stop_fraction "
-              "of steps; fid vs all training images of the class; naive = fid(all training images, class subset)",
+        notes="D2C protocol (Sinha et al. 2021; PDAE paper Table 3): latent logistic classifier on z normalised "
+              "with the latent DPM's statistics (binary: cross-entropy on num_labelled/2 per class, L-BFGS; pu: "
+              "nnPU risk, Kiryo et al. 2017, prior = class frequency in the training split unless --class-prior), "
+              "acceptance sampling from the latent DPM with probability p(class|z), decoding with the shift off for "
+              "the last stop_fraction of steps; fid vs all training images of the class; naive = fid(n_samples "
+              "training images of any class drawn without replacement with the eval seed, class subset), at the "
+              "same n as the samples; the naive images may overlap the class reference. fid rows: values = "
+              "bootstrap replicates (units 'bootstrap': samples resampled with replacement, reference fixed)",
     )
     common.write_records(args.out, rows, **meta)
     if args.arrays:
@@ -419,9 +439,12 @@ def register_cli(subparsers: Any) -> None:
     p.add_argument("--steps", type=int, default=20, help="DDIM steps (latent and image)")
     p.add_argument("--stop-fraction", type=float, default=DEFAULT_STOP_FRACTION,
                    help="last fraction of image DDIM steps without PDAE's shift (paper §4.8: 0.3)")
-    p.add_argument("--convention", choices=("paper", "current"), default="paper", help="DDIM respacing (REFERENCE 1.6)")
+    p.add_argument("--convention", choices=("paper", "current"), default="paper",
+                   help="DDIM respacing (docs/protocol.md §1.6)")
     p.add_argument("--reference-stats", nargs=2, default=None, metavar=("POS.npz", "NEG.npz"),
                    help="statistics files of all training images of each class (default: computed here)")
+    p.add_argument("--bootstrap", type=int, default=FID_BOOTSTRAP,
+                   help=f"bootstrap replicates of each FID, stored as the record's values (default {FID_BOOTSTRAP})")
     p.add_argument("--out", required=True, help="records JSON")
     p.add_argument("--arrays", default=None, help="NPZ grid of samples per class (+ JSON sidecar)")
     p.add_argument("--grid-samples", type=int, default=8, help="samples per class in the grid")
@@ -430,4 +453,5 @@ def register_cli(subparsers: Any) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--batch-size", type=int, default=64)
     common.add_backend_args(p)
+    common.add_precision_arg(p, "auto")
     p.set_defaults(func=run_fewshot)

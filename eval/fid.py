@@ -1,10 +1,17 @@
 """FID (Heusel et al. 2017) and KID (Binkowski et al. 2018) through torch-fidelity, with reference statistics as files.
 
-REFERENCE.md §5.7, DESIGN.md §6. The distances are torch-fidelity's; features come from the
+docs/protocol.md §5.7, §5.10. The distances are torch-fidelity's; features come from the
 extractor a ``MetricBackend`` names (eval.backends). Reference statistics (mu, sigma and, for KID,
 the features) are ``.npz`` files produced once by ``compute_reference_stats`` and reused; there is
 no implicit name-keyed cache. ``fid_from_stats`` is an independent Fréchet distance (scipy sqrtm)
-used to cross-check torch-fidelity's eigenvalue formula.
+used to cross-check torch-fidelity's eigenvalue formula; ``FrechetReference`` evaluates the same distance
+many times against one fixed reference (bootstrap replicates, ``eval.stats.fid_bootstrap``).
+
+``compute_fid(..., bootstrap=B)`` also returns B bootstrap replicates of the FID (generated features
+resampled with replacement, reference statistics fixed); ``fid_records`` turns a result into records
+(``values`` = the replicates, ``units`` = "bootstrap", ``n_samples``; KID rows with ``kid_subset``).
+KID uses subsets strictly smaller than both sets (default min(1000, n // 2)), so its std over subsets
+is informative.
 
 Notation: mu = feature mean [D]; sigma = unbiased feature covariance [D, D];
 FID = ||mu_1 - mu_2||^2 + tr(sigma_1 + sigma_2 - 2 (sigma_1 sigma_2)^(1/2)).
@@ -25,12 +32,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from eval import metrics
+from eval import common, metrics, stats
 from eval.backends import MetricBackend
 
 # Default number of KID subsets (torch-fidelity's default) and the largest subset size used.
 KID_SUBSETS = 100
-KID_MAX_SUBSET_SIZE = 1000
+KID_MAX_SUBSET_SIZE = stats.KID_MAX_SUBSET
 # Seed of torch-fidelity's KID subset sampling (its default).
 KID_SEED = 2020
 # Version of the statistics file layout, stored in its meta.
@@ -251,6 +258,71 @@ def fid_from_stats(stats1: StatsLike, stats2: StatsLike) -> float:
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
 
 
+def sqrt_psd(sigma: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a symmetric PSD matrix [D, D] by eigendecomposition; eigenvalues below 0
+    (rounding) are clipped to 0."""
+    w, v = np.linalg.eigh(np.asarray(sigma, dtype=np.float64))
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+@dataclass(frozen=True)
+class FrechetReference:
+    """A fixed reference N(mu, sigma) against which many FIDs are computed (bootstrap replicates).
+
+    The same Fréchet distance as ``fid_from_stats`` (cross-checked in tests), organised so that one
+    evaluation is cheap: with R = sigma^(1/2) (computed once), sigma_a sigma = (sigma_a R) R and
+    R sigma_a R = R (sigma_a R) share their non-zero eigenvalues, and R sigma_a R is symmetric PSD, so
+    tr((sigma_a sigma)^(1/2)) = sum sqrt(eigvalsh(R sigma_a R)). For centred features X [n, D],
+    R sigma_a R = Y^T Y with Y = X R / sqrt(n - 1), whose non-zero eigenvalues are those of Y Y^T [n, n]:
+    O(n^2 D) per FID when n < D.
+
+    Attributes:
+        mu: reference mean [D]; sigma_sqrt: R [D, D]; trace_sigma: tr(sigma).
+    """
+
+    mu: np.ndarray
+    sigma_sqrt: np.ndarray
+    trace_sigma: float
+
+    @classmethod
+    def from_stats(cls, stats_ref: StatsLike) -> FrechetReference:
+        mu, sigma = _mu_sigma(stats_ref)
+        _validate_stats(mu, sigma, "reference")
+        return cls(mu, sqrt_psd(sigma), float(np.trace(sigma)))
+
+    def fid(self, features: np.ndarray) -> float:
+        """FID of the Gaussian of ``features`` [n, D] (mean, unbiased covariance) against the reference."""
+        x = self._check(features)
+        return self._fid(x, x @ self.sigma_sqrt)
+
+    def fid_resampled(self, features: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        """FIDs of the row subsets ``features[idx]`` for each row idx of ``indices`` [B, m] -> [B].
+
+        X R is computed once: (X[idx] - mean) R = (X R)[idx] - mean((X R)[idx]), so a replicate costs a
+        Gram matrix, not a product with R.
+        """
+        x = self._check(features)
+        xr = x @ self.sigma_sqrt
+        return np.array([self._fid(x[idx], xr[idx]) for idx in np.asarray(indices)])
+
+    def _check(self, features: np.ndarray) -> np.ndarray:
+        x = np.asarray(features, dtype=np.float64)
+        if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] != self.mu.shape[0]:
+            raise ValueError(f"features must be [n, {self.mu.shape[0]}] with n >= 2, got shape {x.shape}")
+        return x
+
+    def _fid(self, x: np.ndarray, xr: np.ndarray) -> float:
+        """FID of features x [n, D] given xr = x R [n, D]."""
+        n, d = x.shape
+        mu_a = x.mean(axis=0)
+        xc = x - mu_a
+        y = (xr - xr.mean(axis=0)) / np.sqrt(n - 1)  # = xc R / sqrt(n - 1)
+        eig = np.linalg.eigvalsh(y @ y.T if n <= d else y.T @ y)
+        tr_covmean = float(np.sqrt(np.clip(eig, 0.0, None)).sum())
+        diff = mu_a - self.mu
+        return float(diff @ diff + (xc * xc).sum() / (n - 1) + self.trace_sigma - 2.0 * tr_covmean)
+
+
 def compute_reference_stats(
     images: ImagesLike,
     backend: MetricBackend,
@@ -299,6 +371,47 @@ def _check_reference(ref: FeatureStats, backend: MetricBackend, where: str, kid:
         )
 
 
+def reference_stats(
+    images_b_or_stats: ImagesLike | FeatureStats | str | os.PathLike,
+    backend: MetricBackend,
+    *,
+    kid: bool = False,
+    batch_size: int = 64,
+    cuda: bool | None = None,
+) -> tuple[FeatureStats, str]:
+    """Reference statistics from a statistics file, a FeatureStats, or images (features extracted here,
+    kept for KID), checked against the backend's extractor and layer.
+
+    Returns:
+        (FeatureStats, a description of the reference for the result: the file path, or "images")
+    """
+    if isinstance(images_b_or_stats, (str, os.PathLike)):
+        reference, where = load_stats(images_b_or_stats), str(images_b_or_stats)
+    elif isinstance(images_b_or_stats, FeatureStats):
+        reference, where = images_b_or_stats, "reference statistics"
+    else:
+        features = extract_features(images_b_or_stats, backend, batch_size, cuda)
+        mu, sigma = stats_from_features(features)
+        meta = {"backend": backend.name, "feature_extractor": backend.feature_extractor,
+                "feature_layer": backend.feature_layer("fid"), "num_images": int(features.shape[0])}
+        reference, where = FeatureStats(mu=mu, sigma=sigma, meta=meta, features=features), "images"
+    _check_reference(reference, backend, where, kid)
+    return reference, where
+
+
+def _kid_subset(requested: int | None, n_a: int, n_b: int) -> int:
+    """KID subset size: ``requested`` (2 <= size < min(n_a, n_b)) or min(1000, min(n_a, n_b) // 2)."""
+    if requested is None:
+        try:
+            return stats.kid_subset_size(n_a, n_b, KID_MAX_SUBSET_SIZE)
+        except ValueError:
+            raise ValueError(f"KID needs at least 4 images per set (got {n_a} and {n_b}); pass kid=False") from None
+    if not 2 <= int(requested) < min(n_a, n_b):
+        raise ValueError(f"kid_subset_size must satisfy 2 <= size < min(N_a, N_b) = {min(n_a, n_b)}, got "
+                         f"{requested} (subsets as large as a set are all that set: their spread means nothing)")
+    return int(requested)
+
+
 def compute_fid(
     images_a: ImagesLike,
     images_b_or_stats: ImagesLike | FeatureStats | str | os.PathLike,
@@ -310,25 +423,32 @@ def compute_fid(
     batch_size: int = 64,
     cuda: bool | None = None,
     seed: int = KID_SEED,
+    bootstrap: int = 0,
+    bootstrap_seed: int | Sequence[int] = 0,
 ) -> dict[str, Any]:
     """FID (and KID) of ``images_a`` against images or precomputed reference statistics.
 
-    With two image sets this is one ``torch_fidelity.calculate_metrics`` call. With a statistics file
-    (or FeatureStats) the features of ``images_a`` come from the same torch-fidelity extractor and
-    the distances from torch-fidelity's ``fid_statistics_to_metric`` / ``kid_features_to_metric``.
+    Features come from the backend's torch-fidelity extractor; the FID is torch-fidelity's
+    ``fid_statistics_to_metric`` and the KID its ``kid_features_to_metric`` (what
+    ``torch_fidelity.calculate_metrics`` computes for two image sets). With ``bootstrap`` B > 0, also B
+    bootstrap replicates of the FID: the features of ``images_a`` resampled with replacement
+    (``eval.stats.fid_bootstrap``, indices from ``np.random.default_rng(bootstrap_seed)``), the reference fixed.
 
     Args:
         images_a: see ``Uint8Images``.
         images_b_or_stats: images, a FeatureStats, or the path of a file from ``compute_reference_stats``.
         kid: also compute KID (polynomial kernel, ``kid_subsets`` subsets).
-        kid_subset_size: default min(1000, N_a, N_b).
+        kid_subset_size: default min(1000, min(N_a, N_b) // 2); must be < min(N_a, N_b).
         cuda: default: use the GPU when available.
         seed: seed of the KID subset sampling.
+        bootstrap: number of FID bootstrap replicates (0: none).
+        bootstrap_seed: seed of the resampling; the same seed and N give the same resampled indices, so the
+            replicates of two methods evaluated with the same seed are paired replicate by replicate.
     Returns:
         {"fid", "kid_mean", "kid_std" (if kid), "backend", "feature_extractor", "feature_layer",
-         "num_images_a", "num_images_b", "kid_subset_size", "kid_subsets", "reference"}
+         "num_images_a", "num_images_b", "kid_subset_size", "kid_subsets", "reference",
+         "fid_replicates" (list of B floats, if bootstrap)}
     """
-    import torch_fidelity
     from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
     from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 
@@ -338,49 +458,18 @@ def compute_fid(
         raise ValueError(f"the {backend.name} backend uses different FID and KID layers; unsupported")
     dataset_a = Uint8Images(images_a)
     n_a = len(dataset_a)
+    reference, where = reference_stats(images_b_or_stats, backend, kid=kid, batch_size=batch_size, cuda=cuda)
+    n_b = int(reference.meta.get("num_images", len(reference.features) if reference.features is not None else 0))
+    subset = _kid_subset(kid_subset_size, n_a, len(reference.features)) if kid else None
 
-    reference: FeatureStats | None = None
-    if isinstance(images_b_or_stats, (str, os.PathLike)):
-        reference = load_stats(images_b_or_stats)
-        where = str(images_b_or_stats)
-    elif isinstance(images_b_or_stats, FeatureStats):
-        reference, where = images_b_or_stats, "reference statistics"
-    if reference is not None:
-        _check_reference(reference, backend, where, kid)
-        n_b = int(reference.meta.get("num_images", len(reference.features) if reference.features is not None else 0))
-    else:
-        dataset_b = Uint8Images(images_b_or_stats)
-        n_b, where = len(dataset_b), "images"
-
-    subset = min(KID_MAX_SUBSET_SIZE, n_a, n_b) if kid_subset_size is None else int(kid_subset_size)
-    if kid and subset < 2:
-        raise ValueError(f"KID needs at least 2 images per set (got {n_a} and {n_b}); pass kid=False")
-    kid_kwargs = {"kid_subsets": kid_subsets, "kid_subset_size": subset, "rng_seed": seed, "verbose": False}
-
-    if reference is None:
-        scores = torch_fidelity.calculate_metrics(
-            input1=dataset_a,
-            input2=dataset_b,
-            fid=True,
-            kid=kid,
-            feature_extractor=backend.feature_extractor,
-            feature_layer_fid=layer,
-            feature_layer_kid=layer,
-            batch_size=batch_size,
-            cuda=cuda,
-            save_cpu_ram=True,
-            cache=False,
-            **kid_kwargs,
-            **backend.fidelity_kwargs,
-        )
-    else:
-        features_a = extract_features(dataset_a, backend, batch_size, cuda)
-        mu_a, sigma_a = stats_from_features(features_a)
-        stats_a, stats_b = {"mu": mu_a, "sigma": sigma_a}, {"mu": reference.mu, "sigma": reference.sigma}
-        scores = fid_statistics_to_metric(stats_a, stats_b, False)
-        if kid:
-            features_b = torch.from_numpy(reference.features.astype(np.float64))
-            scores.update(kid_features_to_metric(torch.from_numpy(features_a), features_b, **kid_kwargs))
+    features_a = extract_features(dataset_a, backend, batch_size, cuda)
+    mu_a, sigma_a = stats_from_features(features_a)
+    scores = fid_statistics_to_metric({"mu": mu_a, "sigma": sigma_a}, {"mu": reference.mu, "sigma": reference.sigma},
+                                      False)
+    if kid:
+        features_b = torch.from_numpy(reference.features.astype(np.float64))
+        scores.update(kid_features_to_metric(torch.from_numpy(features_a), features_b, kid_subsets=kid_subsets,
+                                             kid_subset_size=subset, rng_seed=seed, verbose=False))
 
     result: dict[str, Any] = {
         "fid": float(scores[KEY_METRIC_FID]),
@@ -398,4 +487,26 @@ def compute_fid(
             kid_subset_size=subset,
             kid_subsets=kid_subsets,
         )
+    if bootstrap:
+        rng = np.random.default_rng(bootstrap_seed)
+        replicates = stats.fid_bootstrap(features_a, reference.mu, reference.sigma, int(bootstrap), rng)
+        result["fid_replicates"] = [float(v) for v in replicates]
     return result
+
+
+def fid_records(prov: dict[str, Any], result: dict[str, Any], **columns: Any) -> list[dict[str, Any]]:
+    """Records of one ``compute_fid`` result: an "fid" row and, if KID was computed, a "kid" row.
+
+    Both carry ``n_samples`` (the number of images evaluated) and ``columns``; the fid row carries the
+    bootstrap replicates as ``values`` with ``units`` "bootstrap" (when computed), the kid row the subset
+    size as ``kid_subset``. ``value`` is the full-set FID / the mean KID over subsets.
+    """
+    cols = {**columns, "n_samples": int(result["num_images_a"])}
+    fid_row = common.record(prov, "fid", result["fid"], result["backend"], **cols)
+    if "fid_replicates" in result:
+        fid_row.update(values=list(result["fid_replicates"]), units="bootstrap")
+    rows = [fid_row]
+    if "kid_mean" in result:
+        rows.append(common.record(prov, "kid", result["kid_mean"], result["backend"], **cols,
+                                  kid_subset=int(result["kid_subset_size"])))
+    return rows

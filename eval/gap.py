@@ -1,17 +1,22 @@
 """The posterior-mean gap over t (PDAE Fig. 1/5 right), denoising in one step (Fig. 5 left) and the learned shift G.
 
-REFERENCE.md §5.2: for x_t = q_sample(x0, t, eps) the gap of an eps estimate is the per-element MSE between the
-true posterior mean mu~_t(x0, x_t) and the posterior mean at the predicted x0_hat(eps_estimate) (no clipping):
+Paper Fig. 1 and Fig. 5 right (official `sampler/gap_measure.py`): for x_t = q_sample(x0, t, eps) the gap of an eps
+estimate is the per-element MSE between the true posterior mean mu~_t(x0, x_t) and the posterior mean at the
+predicted x0_hat(eps_estimate) (no clipping):
 
     gap_DPM    eps_theta(x_t, t)                       (the pre-trained DPM)
-    gap_PDAE   eps_theta(x_t, t) + shift_coef_t G(x_t, z, t), z = E(x0)   (training coefficient, §1.3)
+    gap_PDAE   eps_theta(x_t, t) + shift_coef_t G(x_t, z, t), z = E(x0)   (training coefficient, paper Eq. 7)
     gap_DiffAE eps(x_t, t, z), z = E(x0)
 
 Deviation from the official code (`gap_measure.py`): the noise is Gaussian N(0, I); the official code draws
-`torch.rand_like` (uniform [0, 1)), most likely by mistake (§7.1 #1). Like the official code the gap is a
-per-element mean (not the summed squared norm of the paper) and images may be drawn with replacement.
+`torch.rand_like` (uniform [0, 1)), most likely by mistake. Like the official code the gap is a per-element
+mean (not the summed squared norm of the paper) and images may be drawn with replacement.
 
-§5.3: x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps_hat) / sqrt(alpha_bar_t) with eps_hat = eps_theta or
+Pairing: within one job every method sees the same images, the same noise and therefore the same x_t at a given t
+(x_t is computed once per (t, batch) and handed to every model; their schedules must agree). Each `gap` record
+carries `values`, the per-image gap (image i of the draw), and `units` "images"; `value` is their mean.
+
+Fig. 5 left: x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps_hat) / sqrt(alpha_bar_t) with eps_hat = eps_theta or
 eps_theta + shift_coef G, at t in {400, ..., 800} (scaled to T). Appendix C.6: G(x_t, z, t) itself.
 """
 
@@ -24,14 +29,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from eval import common
+from eval import common, metrics
 from eval.sample import model_device, write_arrays
 from pdae.diffusion.gaussian import posterior_mean, q_sample, shift_eps, x0_from_eps
 from pdae.diffusion.schedule import Schedule
 
 # Small timesteps added to the every-`stride` grid (the gap changes fastest near t = 0).
 SMALL_TIMESTEPS = (1, 2, 5)
-# Timesteps of the paper's denoise-in-one-step figure, for T = 1000 (REFERENCE.md §5.3).
+# Timesteps of the paper's denoise-in-one-step figure (Fig. 5 left), for T = 1000.
 ONE_STEP_TIMESTEPS = (400, 500, 600, 700, 800)
 # Timesteps of the shift pictures (appendix C.6), for T = 1000.
 SHIFT_TIMESTEPS = (50, 200, 400, 600, 800, 950)
@@ -39,15 +44,16 @@ SHIFT_TIMESTEPS = (50, 200, 400, 600, 800, 950)
 GAP_NOISE_STRIDE = 100_003
 
 NOTES = (
-    "Posterior-mean gap (REFERENCE.md 5.2): per-element mean of (mu~(x0, x_t) - mu~(x0_hat(eps_est), x_t))^2 over "
-    "images, channels and pixels, no clipping. DEVIATION: Gaussian noise N(0,I); the official gap_measure.py uses "
-    "torch.rand_like (uniform [0,1)), so absolute values differ from the published Fig. 5. The same noise is used "
-    "for every method at a given t (paired). PDAE: eps_theta + shift_coef_t G with the training coefficient "
-    "shift_coef_t = -sqrt(alpha_t)(1 - alpha_bar_{t-1})/sqrt(1 - alpha_bar_t)."
+    "Posterior-mean gap (paper Fig. 1, Fig. 5 right): per-element mean of (mu~(x0, x_t) - mu~(x0_hat(eps_est), x_t))^2 "
+    "over channels and pixels per image ('values', units 'images'), averaged over images ('value'), no clipping. "
+    "DEVIATION: Gaussian noise N(0,I); the official gap_measure.py uses "
+    "torch.rand_like (uniform [0,1)), so absolute values differ from the published Fig. 5. The same images, noise "
+    "and x_t are used for every method at a given t (paired per image). PDAE: eps_theta + shift_coef_t G with the "
+    "training coefficient shift_coef_t = -sqrt(alpha_t)(1 - alpha_bar_{t-1})/sqrt(1 - alpha_bar_t)."
 )
 
 
-# Posterior-mean gap of one eps estimate, REFERENCE.md §5.2 (PDAE Eq. 4-5, Fig. 5 right).
+# Posterior-mean gap of one eps estimate (PDAE Eq. 4-5, Fig. 5 right).
 def posterior_mean_gap(schedule: Schedule, x0: Tensor, t: Tensor, noise: Tensor, eps: Tensor) -> Tensor:
     """Per-image mean over elements of (mu~_t(x0, x_t) - mu~_t(x0_hat, x_t))^2, computed in float64.
 
@@ -128,7 +134,7 @@ class GapModel(NamedTuple):
 
 def gap_model(method: Any) -> GapModel:
     """The eps whose posterior mean the gap measures: DPM eps_theta; PDAE eps_theta + shift_coef_t G
-    (REFERENCE.md §1.3, training coefficient); Diff-AE its conditional eps(x_t, t, z)."""
+    (the coefficient of the training loss, paper Eq. 7); Diff-AE its conditional eps(x_t, t, z)."""
     if method.name == "dpm":
         eps_fn, _ = method.denoiser()
         return GapModel(method, lambda x_t, t, z: eps_fn(x_t, t), False)
@@ -166,6 +172,68 @@ def pdae_gap_models(pdae: Any) -> dict[str, GapModel]:
     }
 
 
+def shared_schedule(models: dict[str, GapModel]) -> Schedule:
+    """The one noise schedule of all models (so that one x_t serves them all); ValueError if they differ."""
+    first_label, first = next(iter(models.items()))
+    ref = first.method.schedule
+    for label, gm in models.items():
+        sch = gm.method.schedule
+        if sch.T != ref.T or not torch.allclose(sch.alpha_bar, ref.alpha_bar, rtol=1e-9, atol=0.0):
+            raise ValueError(f"gap: {label} and {first_label} have different noise schedules, so they cannot share "
+                             f"x_t (paired comparison)")
+    return ref
+
+
+def _codes(models: dict[str, GapModel], x0: Tensor, batch_size: int) -> dict[str, Tensor | None]:
+    """z = E(x0) of every conditional model (on its device), None for the others."""
+    zs: dict[str, Tensor | None] = {}
+    for label, gm in models.items():
+        dev = model_device(gm.method)
+        zs[label] = (common.batched(lambda x: gm.method.encode(x.to(dev)), x0, batch_size=batch_size)
+                     if gm.conditional else None)
+    return zs
+
+
+def _batch_gap(gm: GapModel, x0: Tensor, t: Tensor, noise: Tensor, x_t: Tensor, z: Tensor | None) -> Tensor:
+    """Per-image gap (float64 [B], CPU) of one model on one batch, given the shared x_t (all CPU inputs)."""
+    dev = model_device(gm.method)
+    td = t.to(dev)
+    eps = gm.estimate(x_t.to(dev), td, z)
+    return posterior_mean_gap(gm.method.schedule, x0.to(dev), td, noise.to(dev), eps).cpu()
+
+
+def measure_gap_per_image(
+    models: dict[str, GapModel],
+    x0: Tensor,
+    timesteps: list[int],
+    *,
+    seed: int,
+    batch_size: int = 64,
+) -> dict[str, Tensor]:
+    """Per-image gap for each labelled model: {label: float64 [len(timesteps), N]}.
+
+    x0: [N, C, H, W] in [-1, 1]. At each t the noise (`gap_noise`) is drawn once, x_t = q_sample(x0, t, noise) is
+    computed once per batch with the shared schedule (`shared_schedule`) and given to every model, so entry
+    [j, i] of every model refers to the same image, noise and x_t (paired comparison). z = E(x0) is computed once
+    per conditional model.
+    """
+    schedule = shared_schedule(models)
+    n = x0.shape[0]
+    out = {label: torch.zeros(len(timesteps), n, dtype=torch.float64) for label in models}
+    with torch.no_grad():
+        zs = _codes(models, x0, batch_size)
+        for j, tau in enumerate(timesteps):
+            noise = gap_noise(tuple(x0.shape), tau, seed)
+            for i in range(0, n, batch_size):
+                xb, nb = x0[i : i + batch_size], noise[i : i + batch_size]
+                t = torch.full((xb.shape[0],), int(tau), dtype=torch.long)
+                x_t = q_sample(schedule, xb, t, nb)
+                for label, gm in models.items():
+                    z = zs[label][i : i + batch_size] if zs[label] is not None else None
+                    out[label][j, i : i + xb.shape[0]] = _batch_gap(gm, xb, t, nb, x_t, z)
+    return out
+
+
 def measure_gap(
     models: dict[str, GapModel],
     x0: Tensor,
@@ -174,34 +242,26 @@ def measure_gap(
     seed: int,
     batch_size: int = 64,
 ) -> dict[str, Tensor]:
-    """Mean gap per timestep for each labelled model: {label: float64 [len(timesteps)]}.
+    """Mean gap over images per timestep for each labelled model: {label: float64 [len(timesteps)]}
+    (the mean of `measure_gap_per_image`)."""
+    per_image = measure_gap_per_image(models, x0, timesteps, seed=seed, batch_size=batch_size)
+    return {label: gaps.mean(dim=1) for label, gaps in per_image.items()}
 
-    Each method's own schedule defines x_t and mu~; z = E(x0) is computed once per conditional model.
-    x0: [N, C, H, W] in [-1, 1]; the noise at t (`gap_noise`) is shared by all models (paired comparison).
-    """
-    n = x0.shape[0]
-    zs: dict[str, Tensor | None] = {}
-    with torch.no_grad():
-        for label, gm in models.items():
-            dev = model_device(gm.method)
-            zs[label] = (common.batched(lambda x: gm.method.encode(x.to(dev)), x0, batch_size=batch_size)
-                         if gm.conditional else None)
-        sums = {label: torch.zeros(len(timesteps), dtype=torch.float64) for label in models}
+
+def gap_records(models: dict[str, GapModel], timesteps: list[int], per_image: dict[str, Tensor],
+                eval_seed: int) -> list[dict[str, Any]]:
+    """`gap` rows, one per (model, t): value = mean gap over images, `values` = per-image gaps, units "images"."""
+    rows = []
+    for label, gm in models.items():
+        prov = common.provenance(gm.method, label, eval_seed=eval_seed)
         for j, tau in enumerate(timesteps):
-            noise = gap_noise(tuple(x0.shape), tau, seed)
-            for i in range(0, n, batch_size):
-                for label, gm in models.items():
-                    dev = model_device(gm.method)
-                    xb, nb = x0[i : i + batch_size].to(dev), noise[i : i + batch_size].to(dev)
-                    t = torch.full((xb.shape[0],), int(tau), dtype=torch.long, device=dev)
-                    x_t = q_sample(gm.method.schedule, xb, t, nb)
-                    z = zs[label][i : i + batch_size] if zs[label] is not None else None
-                    eps = gm.estimate(x_t, t, z)
-                    sums[label][j] += float(posterior_mean_gap(gm.method.schedule, xb, t, nb, eps).sum())
-    return {label: total / n for label, total in sums.items()}
+            fields = metrics.per_image_fields(per_image[label][j])
+            rows.append(common.record(prov, "gap", fields.pop("value"), "-", table="gap", t=int(tau),
+                                      noise="gaussian", **fields))
+    return rows
 
 
-# Denoising in one step, REFERENCE.md §5.3 (PDAE Fig. 5 left).
+# Denoising in one step (PDAE Fig. 5 left).
 def denoise_one_step(pdae: Any, x0: Tensor, timesteps: list[int], noise: Tensor) -> dict[str, Tensor]:
     """x_t and the one-step x0_hat from eps_theta and from eps_theta + shift_coef G (no clipping).
 
@@ -280,15 +340,12 @@ def run_gap(args: argparse.Namespace) -> int:
     ds = build_dataset(spec, split=args.split)
     idx = select_indices(len(ds), args.num_images, args.sampling, args.seed)
     x0 = torch.stack([ds[int(i)][0] for i in idx])
-    gaps = measure_gap(models, x0, timesteps, seed=args.seed, batch_size=args.batch_size)
-    rows = []
-    for label, gm in models.items():
-        prov = common.provenance(gm.method, label, eval_seed=args.seed)
-        for tau, value in zip(timesteps, gaps[label].tolist()):
-            rows.append(common.record(prov, "gap", value, "-", table="gap", t=int(tau), noise="gaussian"))
+    per_image = measure_gap_per_image(models, x0, timesteps, seed=args.seed, batch_size=args.batch_size)
+    rows = gap_records(models, timesteps, per_image, args.seed)
     common.write_records(
         args.out, rows, notes=NOTES, num_images=int(len(idx)), sampling=args.sampling, split=args.split,
         dpm_source=args.dpm or "prior of the PDAE model", noise_seed=args.seed,
+        image_indices=[int(i) for i in idx],
     )
     return 0
 
@@ -322,7 +379,7 @@ def run_denoise_one_step(args: argparse.Namespace) -> int:
     write_arrays(args.out, {"grid": grid, "row_labels": row_labels, "col_labels": [f"t={t}" for t in timesteps],
                             "originals": x0, "mse": err, "timesteps": torch.tensor(timesteps)},
                  **common.provenance(pdae), figure="denoise_one_step", noise="gaussian", noise_seed=args.seed,
-                 notes="REFERENCE.md 5.3: x0_hat from eps_theta vs eps_theta + shift_coef G, unclipped (the grid is "
+                 notes="Fig. 5 left: x0_hat from eps_theta vs eps_theta + shift_coef G, unclipped (the grid is "
                        "clamped to [-1,1] for display; 'mse' is on the [0,1] scale, unclamped).")
     return 0
 

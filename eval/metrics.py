@@ -1,8 +1,9 @@
 """Per-image reconstruction metrics of PDAE (Zhang et al., NeurIPS 2022) and Diff-AE: SSIM, MSE, LPIPS.
 
-Protocol (REFERENCE.md §5.1; identical in the PDAE and Diff-AE code): every metric is a per-image
-score, averaged over the evaluation set by the caller. SSIM and MSE take images in [0, 1], obtained
-from model images in [-1, 1] by ``to_unit`` (x + 1) / 2 without clamping; LPIPS takes [-1, 1].
+Protocol of Table 1 (paper §4.3; identical in the official code, PDAE ``metric/utils.py`` and Diff-AE
+``ssim.py`` / ``metrics.py``): every metric is a per-image score, averaged over the evaluation set by the
+caller. SSIM and MSE take images in [0, 1], obtained from model images in [-1, 1] by ``to_unit``
+(x + 1) / 2 without clamping; LPIPS (or a backend's feature distance) takes [-1, 1].
 
 Declared ranges are checked: values outside [low - RANGE_TOLERANCE, high + RANGE_TOLERANCE] raise a
 one-line ``ValueError`` naming the argument and the observed range. The tolerance exists because
@@ -13,17 +14,21 @@ pass as [0, 1], which is the mistake the check is there to catch.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+# `units` of a record whose `values` are per-image scores (image i: the same input image and the same noise for
+# every method evaluated with the same eval_seed, so methods can be compared image by image).
+IMAGE_UNITS = "images"
+
 # Slack allowed on declared input ranges (decoded images overshoot slightly).
 RANGE_TOLERANCE = 1e-3
 
-# Single-scale SSIM constants of the PDAE / Diff-AE implementation (REFERENCE.md §5.1),
-# for a data range of 1 (images in [0, 1]).
+# Single-scale SSIM constants of the official PDAE / Diff-AE implementation (PDAE metric/utils.py `_ssim`,
+# Diff-AE ssim.py `_ssim`), for a data range of 1 (images in [0, 1]).
 SSIM_WINDOW_SIZE = 11
 SSIM_SIGMA = 1.5
 SSIM_C1 = 0.01**2
@@ -31,7 +36,7 @@ SSIM_C2 = 0.03**2
 
 
 def to_unit(x: Tensor) -> Tensor:
-    """Map model images in [-1, 1] to [0, 1] by (x + 1) / 2, without clamping (REFERENCE.md §5.1)."""
+    """Map model images in [-1, 1] to [0, 1] by (x + 1) / 2, without clamping."""
     return (x + 1) / 2
 
 
@@ -59,7 +64,7 @@ def _check_pair(a: Tensor, b: Tensor, low: float, high: float) -> None:
 
 
 def mse(a: Tensor, b: Tensor) -> Tensor:
-    """Per-image mean squared error on [0, 1] images (REFERENCE.md §5.1).
+    """Per-image mean squared error on [0, 1] images (Table 1's MSE column).
 
     Args:
         a, b: images in [0, 1]  # [N, C, H, W]
@@ -82,15 +87,24 @@ def gaussian_window(size: int = SSIM_WINDOW_SIZE, sigma: float = SSIM_SIGMA) -> 
 
 
 def ssim_map(a: Tensor, b: Tensor) -> Tensor:
-    """Local SSIM of Wang et al. (2004), single scale, exactly as the PDAE / Diff-AE code computes it.
+    """Local SSIM of Wang et al. (2004), single scale, exactly as the official PDAE / Diff-AE code computes it.
 
-    Local statistics are weighted by the separable 11x11 Gaussian window (sigma 1.5) through a
-    depthwise convolution with zero padding 5 ('same' output size), so pixels within 5 px of the
-    border see zeros outside the image:
+    Local statistics are weighted by the separable 11x11 Gaussian window (sigma 1.5, ``gaussian_window``)
+    through a depthwise cross-correlation with ZERO padding of 5 px on every side ('same' output size,
+    ``F.conv2d(x, window, padding=5, groups=C)`` as in the official ``_ssim``):
         SSIM = (2 mu_a mu_b + C1)(2 sigma_ab + C2) / ((mu_a^2 + mu_b^2 + C1)(sigma_a^2 + sigma_b^2 + C2)),
-    with sigma_a^2 = E[a^2] - mu_a^2, sigma_ab = E[ab] - mu_a mu_b, C1 = 0.01^2, C2 = 0.03^2
-    (REFERENCE.md §5.1). Computed in float64; the reference code used float32, which differs by
-    rounding only (below 1e-5).
+    with sigma_a^2 = E[a^2] - mu_a^2, sigma_ab = E[ab] - mu_a mu_b (window-weighted, biased),
+    C1 = 0.01^2, C2 = 0.03^2 (data range 1). Computed in float64; the official code uses float32,
+    which differs by rounding only (below 1e-5).
+
+    Padding convention and its bias: pixels within 5 px of the border see zeros outside the image, so
+    their window is partly filled by a constant shared by both images. This pulls local statistics
+    towards agreement and raises SSIM near borders; at 16x16 every pixel is within 5 px of a border
+    except the central 6x6. Measured on the 64 first held-out digits (16x16) paired with unrelated
+    digits (image i vs image (i + 32) mod 64): mean SSIM 0.398 with this zero padding, 0.357 with
+    reflect padding of the full map, and 0.155 for scikit-image's ``structural_similarity`` (same
+    window, which averages the interior only, excluding the 5-px border). Compare SSIM values with
+    the unrelated-pair floor of ``eval.reconstruct``, not with 0.
 
     Args:
         a, b: images in [0, 1]  # [N, C, H, W]
@@ -119,7 +133,8 @@ def ssim_map(a: Tensor, b: Tensor) -> Tensor:
 
 
 def ssim(a: Tensor, b: Tensor) -> Tensor:
-    """Per-image SSIM: ``ssim_map`` averaged over channels and pixels (REFERENCE.md §5.1).
+    """Per-image SSIM: ``ssim_map`` (zero-padded 'same' map) averaged over channels and ALL pixels, borders
+    included, as the official PDAE ``calculate_ssim`` (``ssim_map.mean(1).mean(1).mean(1)``).
 
     Args:
         a, b: images in [0, 1], i.e. ``to_unit`` of model images  # [N, C, H, W]
@@ -130,7 +145,8 @@ def ssim(a: Tensor, b: Tensor) -> Tensor:
 
 
 def lpips_distance(a: Tensor, b: Tensor, net: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
-    """Per-image LPIPS-like distance ``net(a, b)`` on [-1, 1] images (REFERENCE.md §5.1).
+    """Per-image LPIPS-like distance ``net(a, b)`` on [-1, 1] images (Table 1's LPIPS column when ``net`` is
+    LPIPS-AlexNet; a domain backend's feature distance otherwise).
 
     Args:
         a, b: images in [-1, 1]  # [N, C, H, W]
@@ -156,3 +172,12 @@ def mean_and_sem(values: Tensor) -> tuple[float, float]:
         raise ValueError("cannot summarise an empty set of per-image values")
     sem = float(v.std(unbiased=True)) / math.sqrt(v.numel()) if v.numel() > 1 else float("nan")
     return float(v.mean()), sem
+
+
+def per_image_fields(values: Tensor) -> dict[str, Any]:
+    """Record fields of a per-image metric: ``value`` (the mean over images), ``values`` (the per-image
+    floats, in image order) and ``units`` ("images"). values: [N] (any float dtype) -> dict."""
+    v = values.detach().double().cpu().flatten()
+    if v.numel() == 0:
+        raise ValueError("cannot summarise an empty set of per-image values")
+    return {"value": float(v.mean()), "values": [float(x) for x in v.tolist()], "units": IMAGE_UNITS}

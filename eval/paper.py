@@ -1,10 +1,11 @@
 """The paper's numbers (PDAE, Zhang, Zhao and Lin, NeurIPS 2022) as data, keyed by the record vocabulary.
 
-Source: REFERENCE.md §6 (Tables 1-3 and §6.4) and §4.4 (throughput, images-to-convergence). Every entry
+Source: the paper's Tables 1-3 and §4.1 (throughput, images-to-convergence), as transcribed in
+docs/protocol.md §6. Every entry
 is a `PaperEntry` whose key uses the same column names and values as the records that `eval/*` writes
 (`table`, `dataset`, `method`, `steps`, `x_T`, `scenario`, `class`, `metric`), so `eval.tables` can put
-the paper's number beside ours. `note` carries the REFERENCE caveats: entries REFERENCE.md marks with
-* (placed from the garbled PDF extraction order) say "uncertain".
+the paper's number beside ours. `note` carries the caveats of docs/protocol.md §6: entries marked
+* there (placed from the garbled PDF extraction order) say "uncertain".
 
 Matching rules (`paper_entry(row)`):
 - `dataset` is the paper slug (ffhq128, celebahq128, celeba64, horse128, bedroom128). A record whose
@@ -31,7 +32,7 @@ from typing import Any, Iterable, Mapping
 PAPER_DATASETS = ("ffhq128", "celebahq128", "celeba64", "horse128", "bedroom128")
 # Record columns that form the key of a paper number (absent -> "-").
 KEY_COLUMNS = ("table", "dataset", "method", "steps", "x_T", "scenario", "class", "metric")
-UNCERTAIN = "uncertain: placed from the PDF extraction order (REFERENCE.md §6, *)"
+UNCERTAIN = "uncertain: placed from the PDF extraction order (docs/protocol.md §6, *)"
 TABLE1_EVAL = "celebahq128"
 TABLE1_NOTE = "CelebA-HQ 30k, FFHQ128 model"
 
@@ -88,14 +89,19 @@ def _norm(column: str, value: Any) -> str:
     return text
 
 
+# Table 1's LPIPS column is LPIPS-AlexNet: only records of the metric "lpips" (the standard backend) match it.
+# The domain backend's distance is the metric "feat_dist" and never gets a paper number.
+LPIPS_METRIC = "lpips"
+
+
 def _t1(method: str, x_T: str, latent_dim: int, ssim: float, lpips: float, mse: float, note: str = "") -> list[PaperEntry]:
     base = f"{TABLE1_NOTE}; DDIM T=100; latent dim {latent_dim:,}"
     return [PaperEntry("recon", "ffhq128", method, metric, value, steps=100 if method in ("pdae", "diffae", "ddim") else "-",
                        x_T=x_T, note=f"{base}; {note}".rstrip("; "), source="Table 1")
-            for metric, value in (("ssim", ssim), ("lpips", lpips), ("mse", mse))]
+            for metric, value in (("ssim", ssim), (LPIPS_METRIC, lpips), ("mse", mse))]
 
 
-# Table 1 — autoencoding reconstruction on CelebA-HQ (30k), FFHQ128 models (REFERENCE.md §6.1).
+# Table 1 — autoencoding reconstruction on CelebA-HQ (30k), FFHQ128 models (paper §4.3, Table 1).
 # MSE on [0, 1] images. Baseline rows (StyleGAN2, VQ-GAN, ...) are kept for completeness; no record matches them.
 _TABLE1 = [
     *_t1("stylegan2_w", "-", 512, 0.677, 0.168, 0.016),
@@ -111,7 +117,7 @@ _TABLE1 = [
          "PDAE @64M; official README (new DDIM, encode ddim1000): SSIM 0.994, MSE 3.84e-5"),
 ]
 
-# Table 2 — unconditional sampling FID, 50k vs 50k (REFERENCE.md §6.2). (dataset, method) -> T=10, 20, 50, 100;
+# Table 2 — unconditional sampling FID, 50k vs 50k (paper §4.8, Table 2). (dataset, method) -> T=10, 20, 50, 100;
 # a trailing "*" marks the uncertain entries.
 _TABLE2_TEXT = {
     ("ffhq128", "ddim"): "31.87 20.53 15.82 11.95",
@@ -141,7 +147,7 @@ def _table2() -> list[PaperEntry]:
     return out
 
 
-# Table 3 — few-shot conditional generation FID, CelebA64-72M-z512-38M (REFERENCE.md §6.3).
+# Table 3 — few-shot conditional generation FID, CelebA64-72M-z512-38M (paper §4.7, Table 3).
 # (scenario, class) -> PDAE, Diff-AE, D2C, naive.
 _TABLE3_TEXT = {
     ("binary", "Male"): "11.21 11.52 13.44 25.70",
@@ -162,15 +168,15 @@ def _table3() -> list[PaperEntry]:
         for method, cell in zip(TABLE3_METHODS, text.split()):
             note = "FID of 5k samples vs all images of the class"
             if method == "naive":
-                note = "naive: FID of the whole dataset vs the class subset (inferred, REFERENCE.md §5.6)"
+                note = "naive: FID of the whole dataset vs the class subset (inferred, docs/protocol.md §5.6)"
             if cell.endswith("*"):
-                note += "; uncertain: extraction order swapped (REFERENCE.md §6.3, *)"
+                note += "; uncertain: extraction order swapped (docs/protocol.md §6.3, *)"
             out.append(PaperEntry("fewshot", "celeba64", method, "fid", float(cell.rstrip("*")), scenario=scenario,
                                   klass=klass, note=note, source="Table 3"))
     return out
 
 
-# Training efficiency (REFERENCE.md §4.4, §6.4). Throughput: 4x A100-SXM4, batch 128, 128x128 (dataset not stated).
+# Training efficiency (paper §4.1). Throughput: 4x A100-SXM4, batch 128, 128x128 (dataset not stated).
 _EFFICIENCY = [
     PaperEntry("efficiency", "ffhq128", "pdae", "images_per_s", 81.57,
                note="imgs/s per A100 (4x A100-SXM4, batch 128, 128x128; dataset not stated)", source="§4.1"),
@@ -228,8 +234,16 @@ def row_key(row: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(_norm(c, cols[c]) for c in KEY_COLUMNS)
 
 
+def _real_lpips_or_other(row: Mapping[str, Any]) -> bool:
+    """False for an "lpips" record of the domain backend (files written before the metric "feat_dist" existed
+    labelled the domain feature distance "lpips"): the paper's LPIPS must only sit beside real LPIPS."""
+    return not (str(row.get("metric")).lower() == LPIPS_METRIC and str(row.get("backend", "-")).lower() == "domain")
+
+
 def paper_entry(row: Mapping[str, Any]) -> PaperEntry | None:
     """The paper's number for the same quantity as `row`, or None."""
+    if not _real_lpips_or_other(row):
+        return None
     table = str(row.get("table", "-"))
     if table == "recon":
         if str(row.get("sampler", "ddim")).lower() not in ("ddim", "-"):
@@ -238,7 +252,7 @@ def paper_entry(row: Mapping[str, Any]) -> PaperEntry | None:
         if evaluated is not None and evaluated != TABLE1_EVAL:
             return None
     if table == "efficiency" and str(row.get("metric")) == "images_ratio":
-        # The ratio claim is not tied to a dataset or an evaluation setting (REFERENCE.md §4.4).
+        # The ratio claim is not tied to a dataset or an evaluation setting (paper §4.1).
         key = list(row_key(row))
         key[KEY_COLUMNS.index("dataset")] = "ffhq128"
         key[KEY_COLUMNS.index("steps")] = "-"

@@ -1,11 +1,11 @@
 """PNG figures from files only: records JSON, tidy/aggregate CSV (eval.tables) and NPZ grids.
 
-Nothing here runs a model (DESIGN.md §6, STYLE.md §8.2): every function takes input file paths and an output
+Nothing here runs a model (docs/protocol.md §9.1): every function takes input file paths and an output
 path, renders with matplotlib's Agg backend and writes one PNG atomically.
 
     python -m eval plots --kind gap --inputs results/.../gap.json --out results/plots/gap.png
 
-Kinds: gap (curves over t, log y, bands over seeds; REFERENCE.md §5.2), recon / denoise / g / interpolation /
+Kinds: gap (curves over t, log y, bands over seeds; docs/protocol.md §5.2), recon / denoise / g / interpolation /
 samples (NPZ grids; §5.1, §5.3, appendix C.6, §5.4, §5.7), manipulation (grids + attr_prob and identity vs
 strength), truncation (FID and class accuracy vs scale, §5.8), efficiency (metric vs images seen and vs wall
 time, §5.9), fewshot (FID bars vs naive, §5.6), uncond (FID vs DDIM steps, §5.7).
@@ -35,7 +35,9 @@ METHOD_COLORS = {"pdae": "tab:red", "diffae": "tab:blue", "dpm": "tab:gray", "dd
                  "d2c": "tab:green", "pdae_class": "tab:red"}
 METRIC_LABELS = {
     "ssim": "SSIM (higher is better)", "mse": "MSE on [0, 1] images (lower is better)",
-    "lpips": "LPIPS distance (lower is better)", "loss": "training loss (each method's objective)",
+    "lpips": "LPIPS-AlexNet distance (lower is better)",
+    "feat_dist": "domain feature distance (lower is better; not LPIPS)",
+    "loss": "training loss (each method's objective)",
     "fid": "FID (lower is better)", "class_accuracy": "class accuracy (fraction)", "attr_prob": "attribute probability",
     "identity": "identity similarity", "gap": "posterior-mean gap (MSE per element, [-1, 1] units)",
     "kid": "KID (lower is better)",
@@ -268,12 +270,12 @@ def plot_grid(inputs: Sequence[str | Path], out: str | Path, title: str = "", no
 
 
 def plot_recon_grid(inputs: Sequence[str | Path], out: str | Path, title: str = "") -> Path:
-    """Reconstruction grids (rows: input and each method / x_T mode; REFERENCE.md §5.1)."""
+    """Reconstruction grids (rows: input and each method / x_T mode; paper §4.3, Table 1)."""
     return plot_grid(inputs, out, title or "Autoencoding reconstructions")
 
 
 def plot_denoise(inputs: Sequence[str | Path], out: str | Path, title: str = "") -> Path:
-    """Denoise in one step: x̂_0 from x_t with ε_θ vs ε_θ + shift (columns: t; REFERENCE.md §5.3)."""
+    """Denoise in one step: x̂_0 from x_t with ε_θ vs ε_θ + shift (columns: t; paper §4.2, Fig. 5 left)."""
     return plot_grid(inputs, out, title or "Denoising in one step: x̂₀ from x_t (columns: t)")
 
 
@@ -284,12 +286,12 @@ def plot_g(inputs: Sequence[str | Path], out: str | Path, title: str = "", norma
 
 
 def plot_interpolation(inputs: Sequence[str | Path], out: str | Path, title: str = "") -> Path:
-    """Interpolation rows (columns: λ; REFERENCE.md §5.4)."""
+    """Interpolation rows (columns: λ; paper §4.4, Fig. 7)."""
     return plot_grid(inputs, out, title or "Interpolation (columns: λ)")
 
 
 def plot_samples(inputs: Sequence[str | Path], out: str | Path, title: str = "") -> Path:
-    """Unconditional samples (REFERENCE.md §5.7)."""
+    """Unconditional samples (paper §4.8)."""
     return plot_grid(inputs, out, title or "Unconditional samples")
 
 
@@ -299,7 +301,7 @@ def _split_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Path]]
 
 
 def plot_gap(inputs: Sequence[str | Path], out: str | Path, title: str = "", dataset: str | None = None) -> Path:
-    """Posterior-mean gap vs t, log y, one line per method, mean ± std bands over seeds (REFERENCE.md §5.2)."""
+    """Posterior-mean gap vs t, log y, one line per method, mean ± std bands over seeds (docs/protocol.md §5.2)."""
     rows = _select(load_rows(inputs), "gap", dataset=dataset, metric="gap")
     _need(rows, "gap", inputs)
     several = _several(rows)
@@ -355,7 +357,7 @@ def plot_manipulation(inputs: Sequence[str | Path], out: str | Path, title: str 
 
 
 def plot_truncation(inputs: Sequence[str | Path], out: str | Path, title: str = "") -> Path:
-    """Truncation-like effect: FID and class accuracy versus the scale of G (REFERENCE.md §5.8); NPZ grids of
+    """Truncation-like effect: FID and class accuracy versus the scale of G (paper §4.6, Fig. 9); NPZ grids of
     samples (if given) are drawn above."""
     grids, tables = _split_inputs(inputs)
     rows = _select(load_rows(tables), "truncation") if tables else []
@@ -391,7 +393,7 @@ def plot_efficiency(inputs: Sequence[str | Path], out: str | Path, title: str = 
     mean ± std bands over seeds; the wall-time x of a snapshot is its mean over seeds."""
     rows = [r for r in _select(load_rows(inputs), "efficiency") if _numeric(r.get("images_seen")) is not None]
     _need(rows, "efficiency", inputs)
-    present = [m for m in ("ssim", "mse", "lpips", "loss") if any(r.get("metric") == m for r in rows)]
+    present = [m for m in ("ssim", "mse", "lpips", "feat_dist", "loss") if any(r.get("metric") == m for r in rows)]
     metrics = [m for m in (metrics or present) if m in present]
     if not metrics:
         raise ValueError("plot_efficiency: none of the requested metrics in the inputs")
@@ -465,12 +467,17 @@ def plot_fewshot(inputs: Sequence[str | Path], out: str | Path, title: str = "")
 
 
 def plot_uncond(inputs: Sequence[str | Path], out: str | Path, title: str = "") -> Path:
-    """Unconditional FID vs DDIM steps T, one line per method, bands over seeds (REFERENCE.md §5.7)."""
-    rows = _select(load_rows(inputs), "uncond", metric="fid")
+    """Unconditional FID vs DDIM steps T, one line per method, bands over seeds (paper §4.8, Table 2)."""
+    all_fid = _select(load_rows(inputs), "uncond", metric="fid")
+    rows = [r for r in all_fid if r.get("method") != "real"]
     _need(rows, "uncond fid", inputs)
     several = _several(rows)
     fig, ax = plt.subplots(figsize=(6, 4.2))
     draw_series(ax, series(rows, "steps", lambda r: _label(r, several, "method")))
+    real = [float(r["value"]) for r in all_fid if r.get("method") == "real"]
+    if real:  # FID of real images at the same n: the floor a perfect sampler would reach
+        ax.axhline(sum(real) / len(real), color="0.4", linestyle=":", label="real images (floor at the same n)")
+        ax.legend(fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("DDIM steps T (log scale)")
     ax.set_ylabel(METRIC_LABELS["fid"])

@@ -1,10 +1,12 @@
 """Autoencoding reconstruction (PDAE Table 1, Fig. 6): PDAE, Diff-AE and plain DDIM on a fixed held-out set.
 
-REFERENCE.md §5.1 (protocol and metrics), §1.5-1.7 (DDIM decoding/encoding with the shift, respacing conventions,
-stochastic DDPM decoding). For every image x0 of the evaluation set:
+Protocol of paper §4.3 (Table 1) and the official evaluation scripts (PDAE `sampler/autoencoding_eval.py`,
+Diff-AE `metrics.py`): DDIM decoding / encoding with the mean shift (paper Eq. 6-8), both respacing
+conventions, stochastic DDPM decoding (Fig. 6). For every image x0 of the evaluation set:
 
     z = E(x0)                       once (PDAE, Diff-AE; the plain DPM has no z)
-    x_T "random"                    x_T ~ N(0, I), one generator per image (`eval.common.image_noise`)
+    x_T "random"                    x_T ~ N(0, I), one generator per image (`eval.common.image_noise`), so image i
+                                    gets the same x_T for every method evaluated with the same --seed
     x_T "inferred"                  DDIM inversion of x0 under the same eps / shift (paper Eq. 8),
                                     with `encode_steps` steps (default: the decode steps, Diff-AE's protocol)
     reconstruction                  DDIM "ddim<steps>" from x_T under z (shift on for every step), or
@@ -12,8 +14,12 @@ stochastic DDPM decoding). For every image x0 of the evaluation set:
 
 Method labels: "pdae", "diffae", and "ddim" for the plain DPM. For the DPM, "inferred" is plain DDIM inversion
 then sampling (the paper's DDIM row, latent dim C*H*W); "random" samples from x_T with no z at all (latent dim 0,
-a floor: the output is unrelated to x0 except through the dataset). Metrics per image (SSIM and MSE on [0, 1],
-LPIPS from the metric backend on [-1, 1]), then averaged over the set.
+a floor: the output is unrelated to x0 except through the dataset). Method "unrelated" is the unrelated-pair
+floor (no model): held-out image i scored against held-out image (i + N//2) mod N.
+
+Metrics per image (SSIM and MSE on [0, 1]; the backend's distance on [-1, 1], named by the backend: "lpips"
+for real LPIPS-AlexNet, "feat_dist" for the domain feature distance). Every record carries `value` (the mean
+over images), `values` (the per-image scores, image order = the held-out order) and `units` "images".
 """
 
 from __future__ import annotations
@@ -33,19 +39,31 @@ from pdae.diffusion.sampling import ddim_invert
 
 # Seed offset of the per-image DDPM noise generators (distinct from the x_T stream of the same seed).
 DDPM_SEED_OFFSET = 700_000
-# Metrics of Table 1, in the paper's column order.
-RECON_METRICS = ("ssim", "lpips", "mse")
+# Metrics of Table 1, in the paper's column order (SSIM, distance, MSE); the distance is "lpips" (standard
+# backend) or "feat_dist" (domain backend), see eval.backends.
+RECON_METRICS = ("ssim", "lpips", "feat_dist", "mse")
+# Method label of the unrelated-pair floor rows.
+UNRELATED_LABEL = "unrelated"
 # Method label of each model kind in the `recon` records.
 METHOD_LABELS = {"pdae": "pdae", "diffae": "diffae", "dpm": "ddim"}
 
 NOTES = (
-    "Table 1 protocol (REFERENCE.md 5.1): first num_images held-out images; z = E(x0) once; random x_T per image "
-    "from eval.common.image_noise(seed), shared by all step counts; inferred x_T = DDIM inversion with the shift "
+    "Table 1 protocol (paper 4.3): first num_images held-out images; z = E(x0) once; random x_T per image "
+    "from eval.common.image_noise(seed), shared by all step counts and by every method with the same seed (paired "
+    "per image); inferred x_T = DDIM inversion with the shift "
     "(PDAE) / conditional eps (Diff-AE) / plain eps (ddim) using encode_steps steps (default: the decode steps, as "
     "Diff-AE's inv<T>; the official PDAE HEAD script encodes with ddim1000 instead); decoding uses the shift on every "
     "step. 'ddim' random-x_T rows sample the DPM with no code (latent_dim 0). sampler ddpm: ancestral sampling over "
     "all T steps from random x_T (Fig. 6). Reconstructions are clamped to [-1,1] before the metrics ('current' "
-    "convention and DDPM outputs are not clamped by the sampler); SSIM/MSE on (x+1)/2, LPIPS from the backend."
+    "convention and DDPM outputs are not clamped by the sampler); SSIM/MSE on (x+1)/2 (SSIM: official single-scale "
+    "Gaussian-11 window, zero-padded 'same' map averaged over all pixels, which raises SSIM near borders); the "
+    "distance from the backend on [-1,1] ('lpips' = LPIPS-AlexNet, standard backend; 'feat_dist' = domain feature "
+    "distance, not LPIPS). 'values' = per-image scores (units 'images', held-out order)."
+)
+UNRELATED_NOTE = (
+    "method 'unrelated': the unrelated-pair floor, held-out image i vs held-out image (i + pair_shift) mod N with "
+    "pair_shift = N // 2 (every image paired with a different one); no model, identical across methods. An "
+    "autoencoder whose random-x_T reconstructions are no closer to their inputs than this has not learned to use z."
 )
 
 
@@ -123,7 +141,7 @@ def latent_dim_of(method: Any, x_T_mode: str, image_shape: tuple[int, ...]) -> i
     return z_dim + (pixels if x_T_mode == "inferred" else 0)
 
 
-# DDIM encoding (PDAE Eq. 8), REFERENCE.md §1.5-1.6.
+# DDIM encoding (PDAE Eq. 8).
 def infer_x_T(
     method: Any, x0: Tensor, z: Tensor | None, steps: int, *, convention: str = "paper", batch_size: int = 64
 ) -> Tensor:
@@ -160,19 +178,63 @@ def ddpm_generators(n: int, seed: int) -> list[torch.Generator]:
     return [torch.Generator().manual_seed((seed + DDPM_SEED_OFFSET) * 1_000_003 + i) for i in range(n)]
 
 
-# Per-image Table 1 metrics, REFERENCE.md §5.1.
+# Per-image Table 1 metrics (paper §4.3; official PDAE metric/utils.py).
 def recon_metrics(x0: Tensor, rec: Tensor, backend: Any | None) -> dict[str, Tensor]:
-    """{"ssim", "lpips" (if a backend is given), "mse"} -> float64 [N] each.
+    """{"ssim", backend.distance_name (if a backend is given), "mse"} -> float64 [N] each, in image order.
 
     x0, rec: [N, C, H, W] in [-1, 1]; rec is clamped to [-1, 1] first (samplers may overshoot slightly).
-    SSIM and MSE are computed on (x + 1) / 2; LPIPS on [-1, 1] by `backend.lpips`.
+    SSIM and MSE are computed on (x + 1) / 2; the distance on [-1, 1] by `backend.distance`, keyed by
+    `backend.distance_name` ("lpips" for LPIPS-AlexNet, "feat_dist" for the domain feature distance).
     """
     rec = rec.clamp(-1.0, 1.0)
     out = {"ssim": metrics.ssim(metrics.to_unit(x0), metrics.to_unit(rec))}
     if backend is not None:
-        out["lpips"] = backend.lpips(x0, rec).cpu()
+        out[backend.distance_name] = backend.distance(x0, rec).cpu()
     out["mse"] = metrics.mse(metrics.to_unit(x0), metrics.to_unit(rec))
     return out
+
+
+def ordered_metrics(per_image: dict[str, Tensor]) -> list[str]:
+    """The metric names of `per_image` in Table 1's column order (RECON_METRICS), unknown names last."""
+    return [m for m in RECON_METRICS if m in per_image] + [m for m in per_image if m not in RECON_METRICS]
+
+
+def metric_rows(prov: dict[str, Any], per_image: dict[str, Tensor], backend: str, **cols: Any) -> list[dict[str, Any]]:
+    """One record per metric of `per_image`: value = mean over images, plus `values` / `units` "images"."""
+    rows = []
+    for metric in ordered_metrics(per_image):
+        fields = metrics.per_image_fields(per_image[metric])
+        rows.append(common.record(prov, metric, fields.pop("value"), backend, **cols, **fields))
+    return rows
+
+
+def unrelated_shift(n: int) -> int:
+    """The fixed shift k = n // 2 of the unrelated-pair floor: i -> (i + k) mod n has no fixed point for n >= 2."""
+    if n < 2:
+        raise ValueError(f"the unrelated-pair floor needs at least 2 images, got {n}")
+    return n // 2
+
+
+def unrelated_partners(x0: Tensor, shift: int) -> Tensor:
+    """x0[(i + shift) mod N] for every image i  # [N, C, H, W]."""
+    n = x0.shape[0]
+    return x0[(torch.arange(n) + shift) % n]
+
+
+def unrelated_metrics(x0: Tensor, backend: Any | None) -> tuple[int, dict[str, Tensor]]:
+    """(shift k, per-image metrics of image i vs image (i + k) mod N): the score of an autoencoder that ignores
+    its input except for being a plausible held-out image. x0: [N, C, H, W] in [-1, 1], N >= 2."""
+    shift = unrelated_shift(x0.shape[0])
+    return shift, recon_metrics(x0, unrelated_partners(x0, shift), backend)
+
+
+def unrelated_records(method: Any, per_image: dict[str, Tensor], shift: int, backend: str,
+                      eval_seed: int | None = None) -> list[dict[str, Any]]:
+    """`recon` rows of the unrelated-pair floor: method "unrelated", provenance of `method` otherwise,
+    steps / sampler / x_T / encode_steps / latent_dim "-", pair_shift = k."""
+    prov = common.provenance(method, UNRELATED_LABEL, eval_seed=eval_seed)
+    cols = dict(table="recon", steps="-", sampler="-", x_T="-", encode_steps="-", latent_dim="-", pair_shift=shift)
+    return metric_rows(prov, per_image, backend, **cols)
 
 
 def reconstruct_all(
@@ -186,7 +248,9 @@ def reconstruct_all(
 ) -> dict[ReconSetting, Tensor]:
     """Reconstructions [N, C, H, W] (CPU) of x0 for every setting; z and each inferred x_T are computed once.
 
-    Image i gets x_T = image_noise(i, seed) (random) and, for DDPM, its own noise generator.
+    Image i gets x_T = image_noise(i, seed) (random) and, for DDPM, its own noise generator: both depend on
+    (seed, i) only, not on the method or the batch size, so every method evaluated with the same seed sees the
+    same x_T for image i (per-image pairing of the `values` across methods).
     """
     n = x0.shape[0]
     z = encode_all(method, x0, batch_size)
@@ -214,7 +278,8 @@ def recon_records(
     method: Any, settings_metrics: dict[ReconSetting, dict[str, Tensor]], image_shape: tuple[int, ...], backend: str,
     eval_seed: int | None = None,
 ) -> list[dict[str, Any]]:
-    """`recon` rows (record vocabulary of eval_context): one per (setting, metric), value = mean over images."""
+    """`recon` rows (record vocabulary of eval_context): one per (setting, metric); value = mean over images,
+    `values` = the per-image scores (image order of x0), `units` = "images"."""
     label = METHOD_LABELS[method.name]
     prov = common.provenance(method, label, eval_seed=eval_seed)
     rows = []
@@ -222,9 +287,7 @@ def recon_records(
         cols = dict(table="recon", steps=s.steps, sampler=s.sampler, x_T=s.x_T,
                     encode_steps=s.encode_steps if s.encode_steps is not None else "-",
                     latent_dim=latent_dim_of(method, s.x_T, image_shape))
-        for metric in RECON_METRICS:
-            if metric in per_image:
-                rows.append(common.record(prov, metric, float(per_image[metric].mean()), backend, **cols))
+        rows.extend(metric_rows(prov, per_image, backend, **cols))
     return rows
 
 
@@ -254,7 +317,10 @@ def run(args: argparse.Namespace) -> int:
     meta = dict(notes=NOTES, convention=args.convention, num_images=int(x0.shape[0]), split="test",
                 encode_steps_rule=" ".join("same as decode steps" if r is None else str(r)
                                            for r in parse_encode_steps(args.encode_steps)),
-                noise_seed=args.seed)
+                noise_seed=args.seed, distance_metric=backend.distance_name,
+                image_indices=[int(i) for i in ds.source_indices[: x0.shape[0]]])
+    if args.unrelated_floor:
+        rows += floor_rows(method, x0, backend, args.seed, meta)
     common.write_records(args.out, rows, **meta)
     if args.arrays:
         k = min(args.grid_images, x0.shape[0])
@@ -266,16 +332,26 @@ def run(args: argparse.Namespace) -> int:
             "setting_labels": [s.label for s in settings],
             "source_indices": torch.as_tensor(ds.source_indices[: x0.shape[0]]),
         }
-        for metric in RECON_METRICS:
-            if metric in per_setting[settings[0]]:
-                arrays[f"per_image_{metric}"] = torch.stack([per_setting[s][metric] for s in settings])  # [S, N]
+        for metric in ordered_metrics(per_setting[settings[0]]):
+            arrays[f"per_image_{metric}"] = torch.stack([per_setting[s][metric] for s in settings])  # [S, N]
         write_arrays(args.arrays, arrays, **common.provenance(method, METHOD_LABELS[method.name]), table="recon",
                      backend=backend.name, **meta)
     return 0
 
 
+def floor_rows(method: Any, x0: Tensor, backend: Any, seed: int, meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """Unrelated-pair floor rows for the CLI (none, with a note in `meta`, when fewer than 2 images)."""
+    if x0.shape[0] < 2:
+        meta["unrelated_floor"] = "skipped: needs at least 2 images"
+        return []
+    shift, per_image = unrelated_metrics(x0, backend)
+    meta.update(unrelated_floor=UNRELATED_NOTE, pair_shift=shift)
+    return unrelated_records(method, per_image, shift, backend.name, eval_seed=seed)
+
+
 def register_cli(subparsers: Any) -> None:
-    p = subparsers.add_parser("reconstruct", help="Table 1: autoencoding reconstruction (SSIM, LPIPS, MSE)")
+    p = subparsers.add_parser("reconstruct", help="Table 1: autoencoding reconstruction (SSIM, LPIPS or feature "
+                                                  "distance, MSE)")
     p.add_argument("--model", required=True, help="pdae, diffae or dpm model folder (dpm rows are labelled 'ddim')")
     p.add_argument("--steps", type=int, nargs="+", default=list(PAPER_STEPS), help="DDIM decode steps")
     p.add_argument("--x-T", dest="x_T", nargs="+", default=["random", "inferred"], choices=("random", "inferred"))
@@ -283,12 +359,16 @@ def register_cli(subparsers: Any) -> None:
                    help="DDIM inversion steps for inferred x_T, one row set per value: 'same' = the decode steps "
                         "(Diff-AE's inv<T>), N = a fixed count (the official PDAE script encodes with 1000)")
     p.add_argument("--ddpm", action="store_true", help="also stochastic DDPM decoding from random x_T (Fig. 6)")
-    p.add_argument("--convention", choices=("paper", "current"), default="paper", help="DDIM respacing (REFERENCE 1.6)")
+    p.add_argument("--convention", choices=("paper", "current"), default="paper",
+                   help="DDIM respacing: paper (guided-diffusion space_timesteps, as at paper time) or current "
+                        "(official PDAE code since 2023-02: linspace(0, T-1, steps+1))")
     p.add_argument("--num-images", type=int, default=64, help="first N held-out images")
     p.add_argument("--out", required=True, help="records JSON")
     p.add_argument("--arrays", default=None, help="NPZ: reconstruction grid and per-image metrics")
     p.add_argument("--grid-images", type=int, default=8, help="columns of the reconstruction grid")
     p.add_argument("--seed", type=int, default=0, help="noise seed (per-image generators)")
+    p.add_argument("--unrelated-floor", action=argparse.BooleanOptionalAction, default=True,
+                   help="also rows of method 'unrelated': image i vs image (i + N//2) mod N (default: on)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--data", default=None, help="dataset spec YAML (default: the model's training data)")

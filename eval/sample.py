@@ -1,6 +1,6 @@
 """Unconditional sampling through the latent DPM (PDAE Table 2) and the reusable decode / latent-sampling steps.
 
-REFERENCE.md §5.7 (protocol) and §1.8 (latent DPM): z_T ~ N(0, I) (clamped to [-1, 1] iff the latent DPM was
+docs/protocol.md §5.7 (protocol) and §1.8 (latent DPM): z_T ~ N(0, I) (clamped to [-1, 1] iff the latent DPM was
 trained with `clip_latent`, as PDAE's code; Diff-AE does not clamp), latent DDIM with the same "ddimN" as the
 image decoder (predicted normalised z_0 clamped iff `clip_latent`), denormalise, then DDIM decoding from
 x_T ~ N(0, I) with PDAE's shift switched off for the last 30% of the steps (`stop_fraction`; paper §4.8).
@@ -11,6 +11,8 @@ Public functions (imported by the few-shot and truncation evaluations; keep thei
     sample_latents(latent, n, steps, generator=None, *, z_T=None, convention, batch_size) -> raw z [n, D]
     decode(method, z, x_T, steps, stop_fraction=0.0, *, ...)                            -> images [N, C, H, W]
     latent_noise / image_shape / model_device / write_arrays                            helpers
+    real_sample_indices(num_images, n, seed)                     -> n distinct indices (the real-data FID floor)
+    latent_health(latent, z)                                     -> latent_std, latent_mean_abs of normalised z
 
 Noise is drawn per sample (`eval.common.image_noise`), so sample i is the same whatever the batch size.
 """
@@ -27,23 +29,37 @@ import torch
 from torch import Tensor
 
 from eval import common
+from eval.stats import FID_BOOTSTRAP
+from pdae import precision as precision_mod
 from pdae.diffusion.sampling import ddim_sample, ddpm_sample
 
 # Seed offset of the latent noise stream z_T, so that z_T and x_T of one seed never share a generator.
 LATENT_SEED_OFFSET = 500_000
-# Default fraction of the last sampling steps run without PDAE's shift (paper §4.8, REFERENCE.md §1.5).
+# Default fraction of the last sampling steps run without PDAE's shift (paper §4.8; official PDAE code,
+# `latent_diffusion_sample`).
 DEFAULT_STOP_FRACTION = 0.3
 # Paper's DDIM step counts (Table 1 and Table 2).
 PAPER_STEPS = (10, 20, 50, 100)
-# Methods `uncond` writes rows for (REFERENCE.md §5.7; record vocabulary `uncond`).
+# Methods `uncond` writes rows for (paper Table 2; record vocabulary `uncond`).
 UNCOND_METHODS = ("ddim", "diffae", "pdae")
+# Seed streams of the real-image subset behind the FID floor and of the FID bootstrap resampling.
+REAL_SUBSET_STREAM = 600_000
+BOOTSTRAP_STREAM = 700_000
 
 NOTES_UNCOND = (
-    "Table 2 protocol (REFERENCE.md 5.7): z_T ~ N(0,I), clamped to [-1,1] iff the latent DPM has clip_latent "
+    "PDAE paper Table 2 protocol: z_T ~ N(0,I), clamped to [-1,1] iff the latent DPM has clip_latent "
     "(PDAE code) together with its predicted normalised z_0; latent DDIM and image DDIM use the same ddimN; "
     "PDAE's shift is off for the last stop_fraction of the image DDIM steps; 'ddim' rows sample the plain DPM. "
     "Reference statistics: the first num_images training images (Diff-AE's choice; the paper says randomly "
-    "selected). FID/KID come from the named metric backend."
+    "selected). FID/KID come from the named metric backend. fid rows: value = FID of all n_samples samples, "
+    "values = bootstrap replicates (units 'bootstrap': samples resampled with replacement, reference fixed; "
+    "the same resampled indices for every method at one eval_seed, steps and n; replicates sit above value by "
+    "about tr(cov)/n). kid rows: mean unbiased MMD^2 over subsets of kid_subset < n samples. 'real' fid/kid rows "
+    "(written with the ddim rows): n_samples training images drawn without replacement (seed = eval_seed) "
+    "against the reference statistics, the FID floor at this n; these images overlap the reference images "
+    "(the embedded datasets have fewer than 2n training images), which makes the floor optimistic. "
+    "latent_std / latent_mean_abs: mean over latent dimensions of the std / |mean| of the sampled normalised "
+    "z (real normalised z: 1 / 0 by construction)."
 )
 
 
@@ -86,7 +102,7 @@ def _check_steps(steps: int) -> None:
 # The two sampling stages.
 
 
-# Latent DDIM (REFERENCE.md §1.8): z_T -> normalised z_0 -> denormalised z.
+# Latent DDIM (docs/protocol.md §1.8): z_T -> normalised z_0 -> denormalised z.
 def sample_latents(
     latent: Any,
     n: int,
@@ -96,13 +112,14 @@ def sample_latents(
     z_T: Tensor | None = None,
     convention: str = "paper",
     batch_size: int = 1024,
+    precision: str = "fp32",
 ) -> Tensor:
     """Raw (denormalised) semantic latents from a latent DPM (`pdae.methods.LatentDPM`).
 
     z_T ~ N(0, I) ([n, D]; from `generator`, a CPU generator, unless `z_T` is given) is clamped to [-1, 1] iff
-    `latent.method_kwargs["clip_latent"]`; deterministic DDIM with "ddim<steps>" (`convention`, REFERENCE.md §1.6)
-    clamps the predicted normalised z_0 iff clip_latent (PDAE's quirk, §7.1 #2); the result is denormalised with the
-    latent DPM's dataset statistics.
+    `latent.method_kwargs["clip_latent"]`; deterministic DDIM with "ddim<steps>" (`convention`, docs/protocol.md §1.6)
+    clamps the predicted normalised z_0 iff clip_latent (PDAE's quirk, docs/protocol.md §7.4); the result is
+    denormalised with the latent DPM's dataset statistics.
 
     Returns:
         z  # [n, D] float32 on the latent DPM's device
@@ -126,6 +143,7 @@ def sample_latents(
     if clip:
         z_T = z_T.clamp(-1.0, 1.0)
     eps_fn, _ = latent.denoiser()
+    eps_fn = precision_mod.wrap(eps_fn, device, precision)
     out = []
     with torch.no_grad():
         for i in range(0, z_T.shape[0], batch_size):
@@ -135,7 +153,7 @@ def sample_latents(
     return torch.cat(out)
 
 
-# Image decoding of any method (REFERENCE.md §1.5-1.7): DDIM (or DDPM) from x_T under the method's eps / shift.
+# Image decoding of any method (docs/protocol.md §1.5-1.7): DDIM (or DDPM) from x_T under the method's eps / shift.
 def decode(
     method: Any,
     z: Tensor | None,
@@ -148,6 +166,7 @@ def decode(
     sampler: str = "ddim",
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     batch_size: int = 64,
+    precision: str = "fp32",
 ) -> Tensor:
     """Decode x_T ([N, C, H, W]) under condition z with `method` ("dpm", "pdae", "pdae_class" or "diffae").
 
@@ -156,7 +175,10 @@ def decode(
       int64 labels [N] and `shift_scale` scales G (truncation-like effect, §5.8); diffae: its conditional eps.
     - sampler "ddim": deterministic, x0_hat clamped to [-1, 1] each step (official); `steps` = "ddim<steps>".
       sampler "ddpm": ancestral over all T steps (`steps` ignored), noise from `generator` (one, or one per sample
-      so a sample does not depend on the batch), no clipping (REFERENCE.md §1.7).
+      so a sample does not depend on the batch), no clipping (official PDAE code,
+      `representation_learning_ddpm_sample`).
+    - precision (pdae.precision): "fp32" (default), or "bf16" / "auto" to run the networks under bf16 autocast
+      (their outputs cast back to fp32; the DDIM/DDPM arithmetic stays fp32).
 
     Returns:
         images  # [N, C, H, W] float32 on the CPU ("paper" DDIM: in [-1, 1]; "current"/DDPM may overshoot)
@@ -184,6 +206,8 @@ def decode(
             sl = slice(i, i + batch_size)
             cond = z[sl].to(device) if z is not None else None
             eps_fn, shift_fn = method.denoiser(cond) if cond is not None else method.denoiser()
+            eps_fn = precision_mod.wrap(eps_fn, device, precision)
+            shift_fn = precision_mod.wrap(shift_fn, device, precision)
             x = x_T[sl].to(device=device, dtype=torch.float32)
             if sampler == "ddim":
                 x0 = ddim_sample(eps_fn, x, method.schedule, steps, convention=convention, shift_fn=shift_fn,
@@ -196,7 +220,7 @@ def decode(
     return torch.cat(out)
 
 
-# One unconditional sample set (REFERENCE.md §5.7): latent DPM -> z -> shifted DDIM; or the plain DPM.
+# One unconditional sample set (paper §4.8): latent DPM -> z -> shifted DDIM; or the plain DPM.
 def sample_unconditional(
     decoder: Any,
     latent: Any | None,
@@ -208,23 +232,64 @@ def sample_unconditional(
     convention: str = "paper",
     batch_size: int = 64,
     shape: tuple[int, int, int] | None = None,
-) -> Tensor:
+    return_latents: bool = False,
+    precision: str = "fp32",
+) -> Tensor | tuple[Tensor, Tensor | None]:
     """n samples [n, C, H, W] (CPU). Sample i uses x_T = image_noise(i, seed) and z_T = latent_noise(i, seed).
 
     `decoder` is a plain DPM (then `latent` must be None and `stop_fraction` is irrelevant) or a PDAE / Diff-AE
     autoencoder with its latent DPM. `shape` defaults to the decoder's training images (`image_shape`).
+    With `return_latents`, returns (samples, raw z [n, D] from the latent DPM, or None for a plain DPM).
     """
     shape = shape or image_shape(decoder)
     x_T = common.image_noise(shape, range(n), seed)
+    z = None
     if decoder.name == "dpm":
         if latent is not None:
             raise ValueError("a plain DPM samples without a latent DPM")
-        return decode(decoder, None, x_T, steps, convention=convention, batch_size=batch_size)
-    if latent is None:
-        raise ValueError(f"method {decoder.name} needs its latent DPM (--latent DIR)")
-    z_T = latent_noise(n, int(latent.stats.mean.shape[0]), seed)
-    z = sample_latents(latent, n, steps, z_T=z_T, convention=convention, batch_size=max(batch_size, 256))
-    return decode(decoder, z, x_T, steps, stop_fraction, convention=convention, batch_size=batch_size)
+        samples = decode(decoder, None, x_T, steps, convention=convention, batch_size=batch_size,
+                         precision=precision)
+    else:
+        if latent is None:
+            raise ValueError(f"method {decoder.name} needs its latent DPM (--latent DIR)")
+        z_T = latent_noise(n, int(latent.stats.mean.shape[0]), seed)
+        z = sample_latents(latent, n, steps, z_T=z_T, convention=convention, batch_size=max(batch_size, 256),
+                           precision=precision)
+        samples = decode(decoder, z, x_T, steps, stop_fraction, convention=convention, batch_size=batch_size,
+                         precision=precision)
+    return (samples, z) if return_latents else samples
+
+
+def latent_health(latent: Any, z: Tensor) -> dict[str, float]:
+    """How far sampled latents are from the latent DPM's training distribution, in its normalised space.
+
+    z [n, D] (raw, as `sample_latents` returns) is normalised with the latent DPM's dataset statistics,
+    z_n = (z - mean) / std, under which the real training latents have per-dimension mean 0 and (unbiased)
+    std 1 by construction. Returns {"latent_std": mean over dimensions of std(z_n), "latent_mean_abs": mean
+    over dimensions of |mean(z_n)|}: near 1 and 0 for a healthy latent DPM; an untrained one gives std >> 1
+    (or << 1 when clip_latent squeezes it).
+    """
+    if z.ndim != 2 or z.shape[0] < 2:
+        raise ValueError(f"latent_health needs z [n, D] with n >= 2, got {tuple(z.shape)}")
+    mean = latent.stats.mean.detach().double().cpu()
+    std = latent.stats.std.detach().double().cpu()
+    z_n = (z.detach().double().cpu() - mean) / std
+    return {"latent_std": float(z_n.std(dim=0).mean()), "latent_mean_abs": float(z_n.mean(dim=0).abs().mean())}
+
+
+def real_sample_indices(num_images: int, n: int, seed: int) -> np.ndarray:
+    """min(n, num_images) distinct indices of a split's images, drawn without replacement (stream
+    REAL_SUBSET_STREAM of `seed`) and sorted: the real images behind an FID floor at the same n as the samples."""
+    if num_images < 1 or n < 1:
+        raise ValueError(f"real_sample_indices: need num_images, n >= 1, got {num_images}, {n}")
+    rng = np.random.default_rng([REAL_SUBSET_STREAM, int(seed)])
+    return np.sort(rng.choice(int(num_images), size=min(int(n), int(num_images)), replace=False))
+
+
+def bootstrap_seed(seed: int, *stream: int) -> list[int]:
+    """Seed of the FID bootstrap resampling of an evaluation: the eval seed plus the evaluation's own stream
+    (e.g. the step count), so methods evaluated with the same seed, stream and n resample the same indices."""
+    return [BOOTSTRAP_STREAM, int(seed), *(int(s) for s in stream)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -274,7 +339,7 @@ def _images_subset(spec: dict[str, Any], count: int, split: str) -> Any:
 
 
 def run_ref_stats(args: argparse.Namespace) -> int:
-    """Reference feature statistics of the first --num-images training images (REFERENCE.md §5.7)."""
+    """Reference feature statistics of the first --num-images training images (docs/protocol.md §5.7)."""
     from eval.fid import compute_reference_stats
     from pdae.methods import load_method
 
@@ -304,9 +369,27 @@ def confident_fraction(classifier: torch.nn.Module, images: Tensor, threshold: f
     return hits / len(images)
 
 
+def real_floor_rows(args: argparse.Namespace, spec: dict[str, Any], reference: Any, backend: Any,
+                    prov: dict[str, Any], cuda: bool) -> list[dict[str, Any]]:
+    """'real' fid (+kid) rows: --num-samples training images (capped at the split size), drawn without
+    replacement with --seed, against the reference statistics: what FID a perfect sampler gets at this n."""
+    from torch.utils.data import Subset
+
+    from eval.fid import compute_fid, fid_records
+    from pdae.data import build_dataset
+
+    ds = build_dataset(spec, split="train")
+    images = Subset(ds, real_sample_indices(len(ds), args.num_samples, args.seed).tolist())
+    res = compute_fid(images, reference, backend, kid=not args.no_kid, kid_subset_size=args.kid_subset_size,
+                      batch_size=args.batch_size, cuda=cuda, bootstrap=args.bootstrap,
+                      bootstrap_seed=bootstrap_seed(args.seed, 0))
+    return fid_records({**prov, "method": "real"}, res, table="uncond", steps="-")
+
+
 def run_uncond(args: argparse.Namespace) -> int:
-    """Table 2 rows: FID (+KID) of unconditional samples at each DDIM step count (REFERENCE.md §5.7)."""
-    from eval.fid import compute_fid
+    """Table 2 rows: FID (+KID) of unconditional samples at each DDIM step count (PDAE paper Table 2), with
+    bootstrap replicates, the real-data floor at the same n (ddim runs) and the latent DPM's health."""
+    from eval.fid import compute_fid, fid_records, reference_stats
     from pdae.methods import load_method
 
     device = common.resolve_device(args.device)
@@ -322,6 +405,8 @@ def run_uncond(args: argparse.Namespace) -> int:
         latent = common.load_model(args.latent, "latent", device, companion_of=decoder)
         label = decoder.name
     backend = common.backend_from_args(args, device)
+    cuda = device.type == "cuda"
+    reference, _ = reference_stats(args.ref_stats, backend, kid=not args.no_kid)
     shape = image_shape(decoder, args.data)
     prov = common.provenance(decoder, label, eval_seed=args.seed)
     rows, grid, row_labels = [], [], []
@@ -332,22 +417,28 @@ def run_uncond(args: argparse.Namespace) -> int:
         real, _, _ = common.eval_images(common.data_spec(decoder, args.data), args.num_samples)
         rows.append(common.record({**prov, "method": "real"}, "confident", confident_fraction(classifier, real),
                                   backend.name, table="uncond", steps="-"))
+    if label == "ddim":
+        rows += real_floor_rows(args, common.data_spec(decoder, args.data), reference, backend, prov, cuda)
     for steps in args.steps:
-        samples = sample_unconditional(decoder, latent, args.num_samples, steps, seed=args.seed,
-                                       stop_fraction=args.stop_fraction, convention=args.convention,
-                                       batch_size=args.batch_size, shape=shape)
+        samples, z = sample_unconditional(decoder, latent, args.num_samples, steps, seed=args.seed,
+                                          stop_fraction=args.stop_fraction, convention=args.convention,
+                                          batch_size=args.batch_size, shape=shape, return_latents=True,
+                                          precision=args.precision)
         samples = samples.clamp(-1.0, 1.0)
-        res = compute_fid(samples, args.ref_stats, backend, kid=not args.no_kid, batch_size=args.batch_size,
-                          cuda=device.type == "cuda")
+        res = compute_fid(samples, reference, backend, kid=not args.no_kid, kid_subset_size=args.kid_subset_size,
+                          batch_size=args.batch_size, cuda=cuda, bootstrap=args.bootstrap,
+                          bootstrap_seed=bootstrap_seed(args.seed, steps))
         cols = dict(table="uncond", steps=steps)
-        rows.append(common.record(prov, "fid", res["fid"], backend.name, **cols))
-        if not args.no_kid:
-            rows.append(common.record(prov, "kid", res["kid_mean"], backend.name, **cols))
+        rows += fid_records(prov, res, **cols)
+        if z is not None:
+            for metric, value in latent_health(latent, z).items():
+                rows.append(common.record(prov, metric, value, "-", **cols, n_samples=args.num_samples))
         if classifier is not None:
             rows.append(common.record(prov, "confident", confident_fraction(classifier, samples), backend.name, **cols))
         grid.append(samples[: args.grid_samples])
         row_labels.append(f"{label} T={steps}")
     meta = dict(notes=NOTES_UNCOND, convention=args.convention, num_samples=args.num_samples,
+                precision=precision_mod.resolve(args.precision, device),
                 stop_fraction=args.stop_fraction if label != "ddim" else "-", ref_stats=str(args.ref_stats),
                 latent=str(args.latent) if latent is not None else "-",
                 clip_latent=bool(latent.method_kwargs.get("clip_latent", False)) if latent is not None else "-")
@@ -388,8 +479,13 @@ def register_cli(subparsers: Any) -> None:
     p.add_argument("--convention", choices=("paper", "current"), default="paper")
     p.add_argument("--ref-stats", required=True, help="file from `ref-stats` (same backend)")
     p.add_argument("--no-kid", action="store_true", help="skip KID")
+    p.add_argument("--kid-subset-size", type=int, default=None,
+                   help="KID subset size, < --num-samples (default: min(1000, num_samples // 2))")
+    p.add_argument("--bootstrap", type=int, default=FID_BOOTSTRAP,
+                   help=f"bootstrap replicates of each FID, stored as the record's values (default {FID_BOOTSTRAP})")
     p.add_argument("--out", required=True, help="records JSON")
     p.add_argument("--arrays", default=None, help="NPZ of a few samples per step count (grid)")
     p.add_argument("--grid-samples", type=int, default=8)
     _common_args(p)
+    common.add_precision_arg(p, "auto")
     p.set_defaults(func=run_uncond)

@@ -1,9 +1,9 @@
 """Training throughput (images/s) of the DPM, PDAE and Diff-AE at one U-Net size (`pdae bench`).
 
-Each method trains with its own published encoder design (PDAE: stacked strided convs, REFERENCE.md §2.2;
+Each method trains with its own published encoder design (PDAE: stacked strided convs, docs/protocol.md §2.2;
 Diff-AE: the half-U-Net encoder) and the same U-Net hyper-parameters, through the same `Method.loss` the
 training loop uses: forward, backward and an Adam step on the trainable parameters. The paper measured
-PDAE 81.57 vs Diff-AE 75.41 images/s per A100 at 128 px (REFERENCE.md §4.4). `pdae_naive` is the
+PDAE 81.57 vs Diff-AE 75.41 images/s per A100 at 128 px (paper §4.1). `pdae_naive` is the
 same PDAE computed the naive way (a second pass through the frozen encoder half for G, with autograd
 recording the frozen branch) to show what sharing the features and dropping the graph buys.
 """

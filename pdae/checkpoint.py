@@ -11,7 +11,7 @@ A model folder (format tag `pdae-bench/1`) holds three files:
 - `metadata.json`: a free dict (seed, images_seen, wall_time_s, code_version, created, source, ...).
 
 A folder is written into a hidden temporary sibling and renamed into place, so an interrupted write
-never leaves a folder that looks valid. Pickled `.pt`/`.ckpt` files (REFERENCE.md §3) are read with
+never leaves a folder that looks valid. Pickled `.pt`/`.ckpt` files (docs/protocol.md §3) are read with
 `torch.load(weights_only=True)`, or, for PyTorch-Lightning checkpoints holding harmless non-tensor
 objects, with a restricted unpickler whose allowlist admits tensors and plain containers only:
 loading never runs code stored in a file. Every problem is a one-line `CheckpointError` naming the

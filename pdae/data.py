@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".png", ".webp")
 SPLITS = ("train", "test", "all")
 
-# LMDB variants of Diff-AE [REFERENCE.md 4.1; CODE-DAE dataset.py BaseLMDB]:
+# LMDB variants of Diff-AE [official Diff-AE code, dataset.py BaseLMDB; docs/protocol.md §4.5]:
 # key = f"{resolution}-{str(index).zfill(zfill)}", plus b"length" holding the count.
 LMDB_VARIANTS: dict[str, dict[str, Any]] = {
     "ffhq": {"resolution": 256, "zfill": 5, "image_size": 128, "crop": "center", "attr_offset": 0},
@@ -42,9 +42,9 @@ LMDB_VARIANTS: dict[str, dict[str, Any]] = {
     "celeba": {"resolution": None, "zfill": 7, "image_size": 64, "crop": "d2c", "attr_offset": 1},
     "lsun": {"resolution": 256, "zfill": 7, "image_size": 128, "crop": "center", "attr_offset": 0},
 }
-# D2C crop of aligned CelebA (178x218): rows 57..185, columns 25..153, then resize [REFERENCE.md 4.1].
+# D2C crop of aligned CelebA (178x218): rows 57..185, columns 25..153, then resize [docs/protocol.md §4.5].
 D2C_CROP_TOP, D2C_CROP_LEFT, D2C_CROP_SIZE = 57, 25, 128
-# Official CelebA partition: the first 162,770 images are the training split [REFERENCE.md 4.1].
+# Official CelebA partition: the first 162,770 images are the training split [docs/protocol.md §4.5].
 CELEBA_TRAIN_COUNT = 162_770
 
 # Shapes: factor values. Colours are RGB in [0, 1]; the first two backgrounds are the dark ones.
@@ -214,7 +214,7 @@ def random_hflip(images: Tensor, generator: torch.Generator) -> Tensor:
 
     Draws exactly N uniforms from `generator` (on the generator's device), so a training loop
     with a seeded generator gets the same flips whatever the DataLoader workers do. This is the
-    `RandomHorizontalFlip` of PDAE and Diff-AE training [REFERENCE.md 4.1], moved out of the
+    `RandomHorizontalFlip` of PDAE and Diff-AE training [docs/protocol.md §4.1], moved out of the
     dataset so that `dataset[i]` is deterministic.
     """
     flip = torch.rand(images.shape[0], generator=generator, device=generator.device) < 0.5
@@ -508,7 +508,7 @@ def _resize_center_crop(im: Image.Image, size: int) -> Image.Image:
 
 
 def _d2c_crop_resize(im: Image.Image, size: int, name: str) -> Image.Image:
-    """D2C crop of aligned CelebA (top 57, left 25, 128x128) then resize to `size` [REFERENCE.md 4.1]."""
+    """D2C crop of aligned CelebA (top 57, left 25, 128x128) then resize to `size` [docs/protocol.md §4.5]."""
     w, h = im.size
     if w < D2C_CROP_LEFT + D2C_CROP_SIZE or h < D2C_CROP_TOP + D2C_CROP_SIZE:
         raise DataError(f"{name}: image {w}x{h} is too small for the D2C crop "
@@ -644,7 +644,7 @@ def read_attribute_file(path: str | Path, num_images: int, index_offset: int = 0
 
     Format (CelebAMask-HQ-attribute-anno.txt, list_attr_celeba.txt): line 1 the row count, line 2
     the A attribute names, then one row `filename v_1 .. v_A` per image with values -1/1; the value
-    maps to (v > 0) [REFERENCE.md 2.5]. Row `k.jpg` describes image `int(k) - index_offset` (0 for
+    maps to (v > 0) [docs/protocol.md §2.5]. Row `k.jpg` describes image `int(k) - index_offset` (0 for
     CelebA-HQ `0.jpg`, 1 for CelebA `000001.jpg`). Every image needs exactly one row.
     """
     path = Path(path)

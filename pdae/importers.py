@@ -1,6 +1,6 @@
 """Import published PDAE and Diff-AE checkpoints into our model-folder format (`pdae.checkpoint`).
 
-REFERENCE.md §3 describes every layout:
+docs/protocol.md §3 describes every layout:
   pdae-dpm            official PDAE pre-trained DPM folder: `config.yml` (`denoise_fn_config`) +
                       `checkpoint.pt` (`ema_denoise_fn`, a plain U-Net state dict)      -> method "dpm"
   diffae-ddim         Diff-AE DDIM baseline `last.ckpt`: `state_dict["ema_model.*"]`, prefix stripped,
@@ -68,7 +68,7 @@ Converted = tuple[dict[str, Tensor], dict[str, Any]]  # (tensors, config.json) o
 
 # ---------------------------------------------------------------------------------------------------
 # Diff-AE presets: the official templates' TrainConfig values (phizaz/diffae templates.py,
-# templates_latent.py; REFERENCE.md 2.1, 2.3, 2.4). Keys use Diff-AE's names so that a preset and a
+# templates_latent.py; docs/protocol.md §2.1, §2.3, §2.4). Keys use Diff-AE's names so that a preset and a
 # checkpoint's own `hyper_parameters` go through the same converters.
 
 _DIFFAE_LATENT_10 = {
@@ -113,7 +113,7 @@ DIFFAE_PRESETS: dict[str, dict[str, Any]] = {
     "horse128": {**_DIFFAE_128, **_DIFFAE_LATENT_20},
     "bedroom128": {**_DIFFAE_128, **_DIFFAE_LATENT_20},
     # celeba64d2c_autoenc (= ffhq64_autoenc) and its latent DPM; its 64-channel U-Net has a 512-wide time
-    # embedding, so a DDIM with it cannot be expressed by our (PDAE's) UNet (REFERENCE.md 2.1).
+    # embedding, so a DDIM with it cannot be expressed by our (PDAE's) UNet (docs/protocol.md §2.1).
     "celeba64": {
         **_DIFFAE_COMMON,
         **_DIFFAE_LATENT_10,
@@ -126,12 +126,12 @@ DIFFAE_PRESETS: dict[str, dict[str, Any]] = {
 AUTO_PRESET = "auto"  # read the architecture from the checkpoint's `hyper_parameters`
 DEFAULT_PRESET = "ffhq128"
 
-# PDAE's official representation-learning recipe (REFERENCE.md 1.4): gamma 0.1, SNR weighting.
+# PDAE's official representation-learning recipe (paper Eq. 10): gamma 0.1, SNR weighting.
 PDAE_METHOD_KWARGS = {"gamma": 0.1, "weighting": "snr"}
-# Diff-AE's latent DPM neither clamps z_T nor the predicted z_0 (REFERENCE.md 1.8, 7.1 #2).
+# Diff-AE's latent DPM neither clamps z_T nor the predicted z_0 (docs/protocol.md §1.8, §7.4).
 DIFFAE_LATENT_METHOD_KWARGS = {"clip_latent": False}
 
-# Official PDAE encoder class names -> image size (REFERENCE.md 2.2); used to cross-check inference.
+# Official PDAE encoder class names -> image size (docs/protocol.md §2.2); used to cross-check inference.
 PDAE_ENCODER_IMAGE_SIZE = {
     "FFHQEncoder": 128,
     "CELEBAHQEncoder": 128,
@@ -139,7 +139,7 @@ PDAE_ENCODER_IMAGE_SIZE = {
     "BEDROOMEncoder": 128,
     "CELEBA64Encoder": 64,
 }
-PDAE_ENCODER_NUM_HEADS = 4  # every official encoder's AttentionBlock (REFERENCE.md 2.2)
+PDAE_ENCODER_NUM_HEADS = 4  # every official encoder's AttentionBlock (docs/protocol.md §2.2)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -253,7 +253,7 @@ def _int_or_none(value: Any) -> int | None:
 
 def _official_schedule(diffusion_config: Any, where: str) -> dict[str, Any]:
     """PDAE `diffusion_config` ({timesteps, betas_type} [+ linear_beta_start/end at c2088f8]) -> ours.
-    Absent: the linear T = 1000 schedule every shipped config uses (REFERENCE.md 1.1)."""
+    Absent: the linear T = 1000 schedule every shipped config uses (docs/protocol.md §1.1)."""
     if diffusion_config is None:
         return _schedule_dict("linear", 1000)
     if not isinstance(diffusion_config, Mapping):
@@ -282,7 +282,7 @@ def _official_unet(denoise_fn_config: Any, where: str) -> nn.Module:
 
 
 def infer_encoder_kwargs(sd: Mapping[str, Tensor], where: str) -> dict[str, Any]:
-    """SemanticEncoder kwargs read off an official PDAE encoder state dict (REFERENCE.md 2.2).
+    """SemanticEncoder kwargs read off an official PDAE encoder state dict (docs/protocol.md §2.2).
 
     The stride-2 convs are the 4-D `encoder.{i}.weight` entries (channels, in_channels); an
     `encoder.{i}.qkv.weight` marks an AttentionBlock after the preceding conv; the last 2-D weight is
@@ -372,14 +372,14 @@ def _attention_ds(img_size: int, resolutions: list[int], where: str) -> list[int
 
 
 def diffae_unet_kwargs(hp: Mapping[str, Any], where: str = "Diff-AE DDIM") -> dict[str, Any]:
-    """UNet kwargs of a Diff-AE `beatgans_ddpm` model (REFERENCE.md 2.1, 3.4): attention resolutions
+    """UNet kwargs of a Diff-AE `beatgans_ddpm` model (docs/protocol.md §2.1, §3.4): attention resolutions
     become downsample factors (128 px, (16,) -> (8,)); the time embedding must be 4 * net_ch wide."""
     ch, img = int(_hp(hp, "net_ch", where)), int(_hp(hp, "img_size", where))
     embed = int(hp.get("net_beatgans_embed_channels", 512))
     if embed != 4 * ch:
         raise CheckpointError(
             f"{where}: Diff-AE time embedding {embed} != 4 * net_ch = {4 * ch}; not expressible by UNet "
-            "(its time embedding is 4 * base_channels, REFERENCE.md 2.1)"
+            "(its time embedding is 4 * base_channels, docs/protocol.md §2.1)"
         )
     n_res = int(_hp(hp, "net_num_res_blocks", where))
     _require(hp, "net_num_input_res_blocks", (None, n_res), where, "encoder and decoder need equal res blocks")
@@ -400,7 +400,7 @@ def diffae_unet_kwargs(hp: Mapping[str, Any], where: str = "Diff-AE DDIM") -> di
 
 
 def diffae_autoencoder_kwargs(hp: Mapping[str, Any], where: str = "Diff-AE autoencoder") -> dict[str, Any]:
-    """DiffAEUNet kwargs of a Diff-AE `beatgans_autoenc` model (REFERENCE.md 2.2, 2.3)."""
+    """DiffAEUNet kwargs of a Diff-AE `beatgans_autoenc` model (docs/protocol.md §2.2, §2.3)."""
     n_res = int(_hp(hp, "net_num_res_blocks", where))
     style = int(_hp(hp, "style_ch", where))
     _require(hp, "net_num_input_res_blocks", (None, n_res), where, "encoder and decoder need equal res blocks")
@@ -432,7 +432,7 @@ def diffae_autoencoder_kwargs(hp: Mapping[str, Any], where: str = "Diff-AE autoe
 
 
 def diffae_latent_kwargs(hp: Mapping[str, Any], where: str = "Diff-AE latent DPM") -> dict[str, Any]:
-    """LatentMLP kwargs of a Diff-AE `MLPSkipNet` (REFERENCE.md 2.4): skip at every layer >= 1,
+    """LatentMLP kwargs of a Diff-AE `MLPSkipNet` (docs/protocol.md §2.4): skip at every layer >= 1,
     condition bias 1, two time layers, time width = style_ch."""
     layers = int(_hp(hp, "net_latent_layers", where))
     style = int(_hp(hp, "style_ch", where))
@@ -538,7 +538,7 @@ def _diffae_stats(sd: Mapping[str, Any], where: str, required: bool) -> dict[str
 def convert_pdae_dpm(
     ckpt: Any, official_config: Mapping[str, Any], where: str = "checkpoint.pt", config_where: str = "config.yml"
 ) -> Converted:
-    """Official PDAE pre-trained DPM (REFERENCE.md 3.1): `ckpt["ema_denoise_fn"]` fitted to
+    """Official PDAE pre-trained DPM (docs/protocol.md §3.1): `ckpt["ema_denoise_fn"]` fitted to
     `UNet.from_official_config(official_config["denoise_fn_config"])` -> method "dpm", component `unet`."""
     if "denoise_fn_config" not in official_config:
         raise CheckpointError(f"{config_where}: no denoise_fn_config")
@@ -559,7 +559,7 @@ def convert_pdae_autoencoder(
     config_where: str = "config.yml",
     dpm_where: str = "the pre-trained DPM's config.yml",
 ) -> Converted:
-    """Official PDAE autoencoder (REFERENCE.md 3.3): `ema_decoder` (whole ShiftUNet) is split by key
+    """Official PDAE autoencoder (docs/protocol.md §3.3): `ema_decoder` (whole ShiftUNet) is split by key
     prefix into the frozen prior (`prior`, UNet) and the new parts (`estimator`, GradientEstimator);
     `ema_encoder` -> `encoder` (SemanticEncoder, architecture read off the weights)."""
     from pdae.nets.gradient_estimator import NEW_PART_PREFIXES
@@ -628,7 +628,7 @@ def convert_pdae_autoencoder(
 def convert_diffae_ddim(
     ckpt: Any, preset: str = DEFAULT_PRESET, override: Mapping[str, Any] | None = None, where: str = "last.ckpt"
 ) -> Converted:
-    """Diff-AE DDIM baseline (REFERENCE.md 3.4): `ema_model.*` with the prefix stripped is a PDAE
+    """Diff-AE DDIM baseline (docs/protocol.md §3.4): `ema_model.*` with the prefix stripped is a PDAE
     UNet state dict; `x_T` and the raw `model.*` are ignored -> method "dpm", component `unet`."""
     overrides = _overrides(override, ("unet",), "config override")
     _, ema = _diffae_ema(ckpt, where)
@@ -642,7 +642,7 @@ def convert_diffae_ddim(
 def convert_diffae_autoencoder(
     ckpt: Any, preset: str = DEFAULT_PRESET, override: Mapping[str, Any] | None = None, where: str = "last.ckpt"
 ) -> Converted:
-    """Diff-AE autoencoder (REFERENCE.md 3.4): `ema_model.*` (without `latent_net.*`) renamed by
+    """Diff-AE autoencoder (docs/protocol.md §3.4): `ema_model.*` (without `latent_net.*`) renamed by
     `diffae_state_dict_to_ours` -> method "diffae", component `model` (DiffAEUNet); `conds_mean`/
     `conds_std`, when present, -> `stats.mean`/`stats.std` ([D])."""
     from pdae.nets.cond_unet import diffae_state_dict_to_ours
@@ -664,7 +664,7 @@ def convert_diffae_autoencoder(
 def convert_diffae_latent(
     ckpt: Any, preset: str = DEFAULT_PRESET, override: Mapping[str, Any] | None = None, where: str = "last.ckpt"
 ) -> Converted:
-    """Diff-AE latent DPM (REFERENCE.md 2.4, 3.4): `ema_model.latent_net.*` -> method "latent",
+    """Diff-AE latent DPM (docs/protocol.md §2.4, §3.4): `ema_model.latent_net.*` -> method "latent",
     component `net` (LatentMLP), plus `stats.mean`/`stats.std` from `conds_mean`/`conds_std`
     (required: the latent DPM works on normalised z). Schedule: `latent_beta_scheduler` (const 0.008)."""
     from pdae.nets.latent_mlp import DIFFAE_LATENT_PREFIX
@@ -879,7 +879,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("kind", choices=IMPORT_KINDS, help="layout of SRC (REFERENCE.md 3)")
+    parser.add_argument("kind", choices=IMPORT_KINDS, help="layout of SRC (docs/protocol.md §3)")
     parser.add_argument("src", help="official folder (pdae-*) or Lightning last.ckpt (diffae-*)")
     parser.add_argument("--out", required=True, help="model folder to write (must not exist unless --force)")
     parser.add_argument(

@@ -7,7 +7,7 @@ the node is idle; daemons that already answer are reused. `.ci/slurm-down.sh` st
 one `up` started, by the PIDs it recorded. CI runs `up` before pytest, so here the fixture finds the
 cluster running and starts nothing; on a developer machine the fixture starts it on first use and stops
 what it started at the end of the session (never earlier: with `scontrol` and a slurm.conf installed but
-no `slurmctld`, every snakemake start stalls 10-20 s, shared/ENVIRONMENT.md §4; `down` removes the
+no `slurmctld`, every snakemake start stalls 10-20 s, see .ci/slurm-down.sh; `down` removes the
 config, so scontrol then fails at once). PDAE_SLURM_ACCOUNTING=0 starts it without accounting (no
 `sacct`; `SlurmCluster.accounting` is False).
 

@@ -1,4 +1,4 @@
-"""DDIM / DDPM samplers of pdae.diffusion.sampling against REFERENCE.md §1.5-1.7 and §5.4."""
+"""DDIM / DDPM samplers of pdae.diffusion.sampling against docs/protocol.md §1.5-1.7 and §5.4."""
 
 from __future__ import annotations
 
@@ -67,8 +67,8 @@ def toy_grad(x: Tensor, t: Tensor) -> Tensor:
     return torch.cos(x) * 0.5
 
 
-# An independent NumPy re-implementation of the official DDIM loops (REFERENCE.md §1.5-1.6): respaced betas
-# rebuilt from alpha_bar, then the DDIM class's tables and loop indices, as the official code does it.
+# An independent NumPy re-implementation of the official DDIM loops (official PDAE code, diffusion/ddim.py):
+# respaced betas rebuilt from alpha_bar, then the DDIM class's tables and loop indices, as the official code does it.
 def reference_ddim(x: np.ndarray, sch: Schedule, steps: int, convention: str, invert: bool,
                    shift: bool, stop_fraction: float = 0.0) -> tuple[np.ndarray, list[int]]:
     alpha_bar = sch.alpha_bar.numpy()
@@ -137,7 +137,7 @@ def test_ddim_plan_endpoints(sch: Schedule) -> None:
     assert len(ddim_plan(sch, 1000, "current", invert=False)) == 999
 
 
-# Round trips with an analytic eps (REFERENCE.md §1.5).
+# Round trips with an analytic eps (docs/protocol.md §1.5).
 
 
 @pytest.mark.parametrize("convention", CONVENTIONS)
@@ -271,7 +271,7 @@ def test_ddpm_shift_is_posterior_variance_mean_shift(sch: Schedule) -> None:
     torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
 
 
-# DDPM (REFERENCE.md §1.7).
+# DDPM (docs/protocol.md §1.7).
 
 
 def test_ddpm_converges_to_point_mass(sch: Schedule) -> None:
@@ -295,7 +295,7 @@ def test_ddpm_gaussian_data_variance_and_per_sample_generators(sch: Schedule) ->
     torch.testing.assert_close(pair[1:2], single, rtol=0, atol=1e-12)
 
 
-# Interpolation helpers (REFERENCE.md §1.5 trajectory interpolation, §5.4).
+# Interpolation helpers (docs/protocol.md §1.5 trajectory interpolation, §5.4).
 
 
 def test_slerp_endpoints_and_norm() -> None:

@@ -1,4 +1,4 @@
-"""Schedules, respacing and Gaussian identities of pdae.diffusion against REFERENCE.md §1.1-1.6."""
+"""Schedules, respacing and Gaussian identities of pdae.diffusion against docs/protocol.md §1.1-1.6."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def sch() -> Schedule:
     return Schedule.from_name("linear")
 
 
-# Schedules (REFERENCE.md §1.1).
+# Schedules (docs/protocol.md §1.1).
 
 
 def test_linear_betas_match_numpy_linspace() -> None:
@@ -60,7 +60,7 @@ def test_const_schedule_latent_dpm_alpha_bar_end() -> None:
     sch = Schedule.from_name("const")
     assert torch.equal(sch.betas, const_betas(1000, 0.008))
     assert sch.alpha_bar[-1].item() == pytest.approx(0.992**1000, rel=1e-10)
-    assert f"{sch.alpha_bar[-1].item():.1e}" == "3.2e-04"  # REFERENCE.md §1.1
+    assert f"{sch.alpha_bar[-1].item():.1e}" == "3.2e-04"  # docs/protocol.md §1.1
 
 
 def test_schedule_tables(sch: Schedule) -> None:
@@ -110,7 +110,7 @@ def test_schedule_bad_input_messages() -> None:
         linear_betas(1)
 
 
-# PDAE coefficients (REFERENCE.md §1.3-1.4).
+# PDAE coefficients (docs/protocol.md §1.3-1.4).
 
 
 def test_shift_coef_reference_values(sch: Schedule) -> None:
@@ -127,7 +127,7 @@ def test_pdae_loss_weight_reference_values(sch: Schedule) -> None:
     expected = {0: "2.5e-04", 10: "4.0e-03"}
     for t, value in expected.items():
         assert f"{w[t].item():.1e}" == value, t
-    # REFERENCE.md §1.4 prints 0.581 at t=300; the official formula gives 0.58046 (a rounding slip there).
+    # The official formula gives 0.58046 at t=300 (docs/protocol.md §1.4), hence four digits there.
     for t, value in {100: "0.130", 300: "0.5805", 475: "0.7225", 700: "0.604", 999: "0.364"}.items():
         digits = len(value.split(".")[1])
         assert f"{w[t].item():.{digits}f}" == value, t
@@ -140,7 +140,7 @@ def test_ddim_shift_coef_against_shift_coef(sch: Schedule) -> None:
     ddim = g.ddim_shift_coef(sch)
     torch.testing.assert_close(ddim, -(1 - sch.alpha_bar).sqrt(), rtol=0, atol=0)
     ratio = g.shift_coef(sch) / ddim
-    assert f"{ratio[1].item():.2f}" == "0.45" and f"{ratio[100].item():.2f}" == "0.98"  # REFERENCE.md §1.5
+    assert f"{ratio[1].item():.2f}" == "0.45" and f"{ratio[100].item():.2f}" == "0.98"  # docs/protocol.md §1.5
 
 
 def test_shift_in_eps_is_posterior_variance_mean_shift(sch: Schedule) -> None:
@@ -153,7 +153,7 @@ def test_shift_in_eps_is_posterior_variance_mean_shift(sch: Schedule) -> None:
     torch.testing.assert_close(g.shift_eps(sch, t, eps, grad), eps + g.extract(g.shift_coef(sch), t, eps.shape) * grad)
 
 
-# Gaussian identities (REFERENCE.md §1.2).
+# Gaussian identities (docs/protocol.md §1.2).
 
 
 def test_x0_eps_round_trips(sch: Schedule) -> None:
@@ -212,7 +212,7 @@ def test_snr_and_extract_shapes_and_dtypes(sch: Schedule) -> None:
         g.extract(sch.alpha_bar, t, (3, 7))
 
 
-# Respacing (REFERENCE.md §1.6).
+# Respacing (docs/protocol.md §1.6).
 
 PAPER_STRIDES = {10: 100, 20: 50, 50: 20, 100: 10, 200: 5, 500: 2, 1000: 1}
 

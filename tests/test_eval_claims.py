@@ -79,6 +79,8 @@ def test_verdict_rules() -> None:
 def test_gates_order_and_direction() -> None:
     assert C.gated("reproduced", "x", C.Gate(2))[0] == "inconclusive"
     assert C.gated("reproduced", "x", C.Gate(3, unhealthy=["bad"]))[1].startswith("unhealthy model")
+    both = C.gated("reproduced", "x", C.Gate(1, unhealthy=["bad"]))[1]
+    assert "1 seed(s) < 3" in both and "unhealthy model: bad" in both and "interval alone: reproduced" in both
     # A baseline that has not converged invalidates a win against it, not a loss.
     assert C.gated("reproduced", "x", C.Gate(3, baseline_not_converged=["b"]))[1].startswith("budget-limited")
     assert C.gated("not reproduced", "x", C.Gate(3, baseline_not_converged=["b"]))[0] == "not reproduced"
@@ -188,7 +190,7 @@ def test_gap_reduction_interval_and_fraction_of_t() -> None:
 def fid_records(method: str, fid: float, steps: int = 10, seeds=(0, 1, 2), spread: float = 0.5) -> list[dict]:
     out = []
     for s in seeds:
-        rng = np.random.default_rng(100 + s)
+        rng = np.random.default_rng([100 + s, sum(map(ord, method))])  # independent sampling errors per method
         reps = fid + rng.normal(0, spread, size=200)
         out.append(rec("uncond", "fid", fid, s, method, steps=steps, values=reps.tolist(), units="bootstrap",
                        n_samples=1000))
@@ -225,3 +227,38 @@ def test_cli_writes_claims_and_health(tmp_path: Path) -> None:
     assert "paper §4.3, Table 1" in md
     health = (tmp_path / "t" / "health.md").read_text()
     assert "| digits | pdae autoencoder | 0 | z_used |" in health
+
+
+def test_latent_health_on_real_latent_dpms_untrained_fails_trained_passes() -> None:
+    """An untrained latent DPM (what an EMA exporting its initialisation amounts to) fails the latent check; the
+    same network trained briefly on its data passes. Data: z ~ N(0, I) (already normalised)."""
+    import torch
+
+    from eval.sample import latent_health, latent_noise, sample_latents
+    from pdae.diffusion.schedule import Schedule
+    from pdae.methods.latent import LatentDPM
+    from pdae.nets.latent_mlp import LatentMLP
+    from pdae.training import adam_optimizer
+
+    torch.manual_seed(0)
+    dim = 8
+    latent = LatentDPM(LatentMLP(latent_dim=dim, hidden=64, num_layers=3, time_dim=32, time_out=32),
+                       Schedule.from_dict({"kind": "const", "T": 1000, "beta": 0.008}), dim)
+
+    def rows(model: LatentDPM) -> list[dict]:
+        z = sample_latents(model.eval(), 500, 20, z_T=latent_noise(500, dim, seed=0))
+        moments = latent_health(model, z)
+        return [rec("uncond", m, v, s, "pdae", steps=20) for s in range(3) for m, v in moments.items()]
+
+    untrained = [h for h in H.health_rows(rows(latent)) if h["check"] == "latent"]
+    assert untrained and all(h["status"] == "unhealthy" for h in untrained) and untrained[0]["value"] > 2
+    gen = torch.Generator().manual_seed(0)
+    opt = adam_optimizer(latent.trainable_parameters(), 3e-3)
+    latent.train()
+    for _ in range(400):
+        loss = latent.loss(torch.randn(256, dim, generator=gen), None, gen).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    trained = [h for h in H.health_rows(rows(latent)) if h["check"] == "latent"]
+    assert all(h["status"] == "healthy" for h in trained), trained[0]["detail"]

@@ -199,6 +199,12 @@ def test_cli_writes_fewshot_records(folders: dict, tmp_path: Path, scenario: str
     assert all(r["table"] == "fewshot" and r["scenario"] == scenario and r["seed"] == 1 for r in rows)
     assert all(0.0 < r["value"] <= 1.0 for r in rows if r["metric"] == "acceptance_rate")
     assert all(r["value"] > 0.0 for r in rows if r["metric"] == "fid")
+    # Every FID (PDAE's and the naive baseline's) at the same n, with 200 bootstrap replicates near the value.
+    for r in (r for r in rows if r["metric"] == "fid"):
+        assert r["n_samples"] == 12 and r["units"] == "bootstrap" and len(r["values"]) == 200
+        # Resampling with replacement raises FID by about tr(cov)/n: at n = 12 the replicates of the naive FID
+        # (near the floor) sit ~60% above its value, those of PDAE's ~10%.
+        assert 0.9 * r["value"] <= np.median(r["values"]) <= 2.0 * r["value"]
     with np.load(arrays) as npz:
         assert npz["grid"].shape == (2, 8, 1, 8, 8) and list(npz["row_labels"]) == ["low", "high"]
     # A class the classifier never accepts is a one-line error, not a hang.

@@ -1,5 +1,6 @@
 """eval.gap: the posterior-mean gap (closed form, perfect eps), the PDAE shift with the training coefficient,
-denoising in one step, the shift pictures, and the CLIs.
+denoising in one step, the shift pictures, the per-image gap values (paired: one x_t per image and t for every
+method) and the CLIs.
 
 Analytic stand-ins: for data concentrated at a constant c the exact eps is (x_t - sqrt(ab) c) / sqrt(1 - ab), so a
 DPM predicting it has gap 0 and recovers c in one step; a prior that predicts eps = 0 plus a G chosen so that
@@ -22,6 +23,7 @@ from eval.gap import (
     gap_eps_coef,
     gap_model,
     measure_gap,
+    measure_gap_per_image,
     normalise_panels,
     pdae_gap_models,
     posterior_mean_gap,
@@ -135,6 +137,53 @@ def test_measure_gap_perfect_dpm_zero_blind_dpm_closed_form_and_pdae_uses_traini
     assert not np.allclose(other.numpy(), gaps["blind"].numpy())
 
 
+class SpyDPM(StubDPM):
+    """A StubDPM that records every x_t it is given."""
+
+    def __init__(self, eps_fn, schedule=LINEAR) -> None:
+        super().__init__(eps_fn)
+        self.schedule = schedule
+        self.seen: list[torch.Tensor] = []
+
+    def denoiser(self, cond=None):
+        def eps(x_t, t):
+            self.seen.append(x_t.clone())
+            return self.eps_fn(x_t, t)
+
+        return eps, None
+
+
+def test_per_image_gap_is_paired_and_its_mean_is_the_gap():
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.rand(5, 1, 4, 4, generator=g) * 2 - 1
+    ts = [1, 100, 700]
+    spies = {"blind": SpyDPM(lambda x_t, t: torch.zeros_like(x_t)), "perfect": SpyDPM(exact_eps),
+             "half": SpyDPM(lambda x_t, t: 0.5 * x_t)}
+    models = {label: gap_model(spy) for label, spy in spies.items()}
+    per = measure_gap_per_image(models, x0, ts, seed=2, batch_size=2)
+    assert all(v.shape == (3, 5) and v.dtype == torch.float64 for v in per.values())
+    # Every model saw the very same x_t, batch by batch (paired comparison).
+    first = spies["blind"].seen
+    assert len(first) == len(ts) * 3  # 3 batches of <= 2 images per t
+    for spy in spies.values():
+        assert all(torch.equal(a, b) for a, b in zip(spy.seen, first, strict=True))
+    # The mean over images is measure_gap's value, whatever the batch size.
+    means = measure_gap(models, x0, ts, seed=2, batch_size=3)
+    for label in models:
+        np.testing.assert_allclose(per[label].mean(dim=1).numpy(), means[label].numpy(), rtol=1e-6)
+    # Image i of the blind DPM: coef_t^2 * mean over its elements of noise_i^2 (closed form, per image).
+    from eval.gap import gap_noise
+
+    coef = gap_eps_coef(LINEAR)
+    for j, t in enumerate(ts):
+        expected = coef[t] ** 2 * gap_noise(tuple(x0.shape), t, 2).double().pow(2).flatten(1).mean(1)
+        np.testing.assert_allclose(per["blind"][j].numpy(), expected.numpy(), rtol=1e-5)
+    # Models whose schedules differ cannot share x_t.
+    other = SpyDPM(exact_eps, Schedule.from_name("linear", 500))
+    with pytest.raises(ValueError, match="different noise schedules"):
+        measure_gap_per_image({"a": models["blind"], "b": gap_model(other)}, x0, ts, seed=2)
+
+
 def test_real_pdae_gap_equals_its_prior_while_G_is_zero():
     models = tiny_models()
     x0 = common.image_noise((1, 8, 8), range(3), 0).clamp(-1, 1)
@@ -200,8 +249,15 @@ def test_gap_and_figure_clis(tmp_path, capsys):
     rows = common.read_records(out)
     assert [(r["method"], r["t"]) for r in rows] == [(m, t) for m in ("dpm", "pdae", "diffae") for t in (0, 10, 49)]
     assert all(r["table"] == "gap" and r["noise"] == "gaussian" and r["metric"] == "gap" for r in rows)
+    for r in rows:  # per-image gaps behind every value
+        assert r["units"] == "images" and len(r["values"]) == 5
+        assert np.mean(r["values"]) == pytest.approx(r["value"], rel=1e-12)
+    by = {(r["method"], r["t"]): r["values"] for r in rows}
+    # Paired per image: at t = 0 shift_coef_0 = 0, so PDAE's gap equals its prior's image by image; at t > 0 G acts.
+    np.testing.assert_allclose(by["pdae", 0], by["dpm", 0], rtol=1e-6)
+    assert not np.allclose(by["pdae", 10], by["dpm", 10])
     meta = json.loads(out.read_text())["meta"]
-    assert "rand_like" in meta["notes"] and meta["sampling"] == "replace"
+    assert "rand_like" in meta["notes"] and meta["sampling"] == "replace" and len(meta["image_indices"]) == 5
     # --dpm given explicitly: the same network as the PDAE's frozen prior, hence the same gap.
     out2 = tmp_path / "gap2.json"
     assert eval_main(["gap", "--pdae", str(folders["pdae"]), "--dpm", str(folders["dpm"]), "--timesteps", "0", "10",

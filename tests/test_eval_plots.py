@@ -139,6 +139,21 @@ def test_plot_efficiency(tmp_path: Path) -> None:
     assert_png(plots.plot_efficiency([tmp_path / "tables" / "efficiency.csv"], tmp_path / "e2.png", metrics=["ssim"]))
 
 
+def test_distance_metrics_have_their_own_labels_and_feat_dist_is_plotted(tmp_path: Path, monkeypatch) -> None:
+    # "lpips" is LPIPS-AlexNet only; the domain backend's distance is "feat_dist", labelled as what it is.
+    assert "LPIPS" in plots.METRIC_LABELS["lpips"]
+    assert plots.METRIC_LABELS["feat_dist"].startswith("domain feature distance")
+    assert "not LPIPS" in plots.METRIC_LABELS["feat_dist"]
+    rows = [rec("efficiency", "feat_dist", 1.0 / n + s, s, method=m, images_seen=n, wall_time_s=n / 10,
+                backend="domain") for m in ("pdae", "diffae") for s in range(2) for n in (100, 200, 400)]
+    labels: list[str] = []
+    original = plots.plt.Axes.set_ylabel
+    monkeypatch.setattr(plots.plt.Axes, "set_ylabel", lambda ax, text, *a, **k: (labels.append(text),
+                                                                                 original(ax, text, *a, **k))[1])
+    assert_png(plots.plot_efficiency([write_records(tmp_path / "eff.json", rows)], tmp_path / "f.png"))
+    assert labels and set(labels) == {plots.METRIC_LABELS["feat_dist"]}
+
+
 def test_plot_fewshot_and_uncond(tmp_path: Path) -> None:
     rows = [rec("fewshot", "fid", v + s, s, method=m, scenario=sc, **{"class": c})
             for sc in ("binary", "pu") for c in ("3", "8") for s in range(2)

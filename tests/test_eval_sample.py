@@ -19,7 +19,15 @@ from torch import nn
 
 from eval import common
 from eval import cli
-from eval.sample import decode, latent_noise, sample_latents, sample_unconditional, sidecar_path
+from eval.sample import (
+    decode,
+    latent_health,
+    latent_noise,
+    real_sample_indices,
+    sample_latents,
+    sample_unconditional,
+    sidecar_path,
+)
 from pdae.checkpoint import save_model_folder
 from pdae.diffusion.sampling import ddim_sample
 from pdae.diffusion.schedule import Schedule
@@ -225,12 +233,26 @@ def test_ref_stats_and_uncond_cli_write_records_and_arrays(models, tmp_path):
                       "--steps", "2", "5", "--num-samples", "8", "--ref-stats", str(stats), "--out", str(out),
                       "--arrays", str(arrays), "--grid-samples", "3", *backend]) == 0
     rows = common.read_records(out)
+    per_step = ("fid", "kid", "latent_std", "latent_mean_abs", "confident")
     assert [(r["method"], r["steps"], r["metric"]) for r in rows] == [
-        ("pdae", 2, "fid"), ("pdae", 2, "kid"), ("pdae", 2, "confident"),
-        ("pdae", 5, "fid"), ("pdae", 5, "kid"), ("pdae", 5, "confident")]
+        ("pdae", s, m) for s in (2, 5) for m in per_step]
     assert all(0.0 <= r["value"] <= 1.0 for r in rows if r["metric"] == "confident")
-    assert all(r["table"] == "uncond" and r["backend"] == "domain" and math.isfinite(r["value"]) for r in rows)
+    assert all(r["table"] == "uncond" and math.isfinite(r["value"]) for r in rows)
+    assert all(r["backend"] == ("-" if r["metric"].startswith("latent") else "domain") for r in rows)
     assert all(r["value"] >= -1e-6 for r in rows if r["metric"] == "fid")
+    for r in rows:
+        if r["metric"] != "confident":
+            assert r["n_samples"] == 8
+        if r["metric"] == "fid":  # 200 bootstrap replicates by default, centred near the full-set value
+            assert r["units"] == "bootstrap" and len(r["values"]) == 200
+            assert all(math.isfinite(v) for v in r["values"])
+            assert np.median(r["values"]) == pytest.approx(r["value"], rel=0.3)
+        else:
+            assert "values" not in r
+        if r["metric"] == "kid":
+            assert r["kid_subset"] == 4  # min(1000, n // 2) < n = 8
+        if r["metric"] == "latent_std":
+            assert r["value"] > 0
     meta = json.loads(out.read_text())["meta"]
     assert meta["stop_fraction"] == 0.3 and meta["clip_latent"] is True
     with np.load(arrays) as data:
@@ -241,10 +263,50 @@ def test_ref_stats_and_uncond_cli_write_records_and_arrays(models, tmp_path):
     assert json.loads(sidecar_path(arrays).read_text())["table"] == "uncond"
 
     out_dpm = tmp_path / "uncond_ddim.json"
-    assert eval_main(["uncond", "--dpm", str(folders["dpm"]), "--steps", "5", "--num-samples", "8", "--no-kid",
-                      "--ref-stats", str(stats), "--out", str(out_dpm), *backend]) == 0
-    assert [(r["method"], r["metric"]) for r in common.read_records(out_dpm)] == [
-        ("real", "confident"), ("ddim", "fid"), ("ddim", "confident")]
+    assert eval_main(["uncond", "--dpm", str(folders["dpm"]), "--steps", "5", "--num-samples", "8",
+                      "--bootstrap", "20", "--ref-stats", str(stats), "--out", str(out_dpm), *backend]) == 0
+    rows = common.read_records(out_dpm)
+    assert [(r["method"], r["steps"], r["metric"]) for r in rows] == [
+        ("real", "-", "confident"), ("real", "-", "fid"), ("real", "-", "kid"),
+        ("ddim", 5, "fid"), ("ddim", 5, "kid"), ("ddim", 5, "confident")]
+    real_fid, ddim_fid = rows[1], rows[3]
+    assert real_fid["n_samples"] == 8 and len(real_fid["values"]) == 20 and rows[2]["kid_subset"] == 4
+    assert 0 <= real_fid["value"] < ddim_fid["value"]  # real training images beat an untrained DPM
+    assert "overlap the reference" in json.loads(out_dpm.read_text())["meta"]["notes"]
+
+
+def test_real_sample_indices_are_distinct_seeded_and_capped():
+    a = real_sample_indices(100, 10, seed=3)
+    assert len(set(a.tolist())) == 10 and list(a) == sorted(a) and a.max() < 100
+    assert np.array_equal(a, real_sample_indices(100, 10, seed=3))
+    assert not np.array_equal(a, real_sample_indices(100, 10, seed=4))
+    assert np.array_equal(real_sample_indices(7, 10, seed=0), np.arange(7))  # capped at the split size
+
+
+class GaussianLatent(PointMassLatent):
+    """A latent DPM whose eps is exact for standard-normal normalised data: eps = sqrt(1 - ab) z_t."""
+
+    def denoiser(self, cond: Any = None):
+        ab = self.schedule.alpha_bar.float()
+
+        def eps_fn(z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return (1 - ab[t].reshape(-1, 1)).sqrt() * z_t
+
+        return eps_fn, None
+
+
+def test_latent_health_of_standard_normal_latents():
+    latent = GaussianLatent(0.0, clip_latent=False, dim=8)
+    z_n = torch.randn(4000, 8, generator=torch.Generator().manual_seed(0))
+    healthy = latent_health(latent, latent.stats.denormalize(z_n))
+    assert healthy["latent_std"] == pytest.approx(1.0, abs=0.03) and healthy["latent_mean_abs"] < 0.05
+    broken = latent_health(latent, latent.stats.denormalize(3 * z_n + 0.5))  # e.g. an untrained latent DPM
+    assert broken["latent_std"] == pytest.approx(3.0, rel=0.03)
+    assert broken["latent_mean_abs"] == pytest.approx(0.5, abs=0.1)
+    # Through latent DDIM: the exact N(0, I) model keeps z_T's spread (up to DDIM's discretisation).
+    z = sample_latents(latent, 2000, 50, torch.Generator().manual_seed(1))
+    sampled = latent_health(latent, z)
+    assert sampled["latent_std"] == pytest.approx(1.0, abs=0.05) and sampled["latent_mean_abs"] < 0.05
 
 
 def test_uncond_cli_errors_are_one_line(models, tmp_path, capsys):

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from eval import backends, fid
+from eval import backends, fid, stats
 
 
 class StandInFeatureNet(nn.Module):
@@ -120,6 +120,33 @@ def test_torch_fidelity_fid_equals_independent_fid_from_stats(domain, images):
     ours = fid.fid_from_stats(fid.feature_stats(a, domain, cuda=False), fid.feature_stats(b, domain, cuda=False))
     assert theirs > 1e-3
     assert ours == pytest.approx(theirs, rel=1e-6)
+
+
+def test_bootstrap_replicates_and_kid_subsets(domain, images):
+    a, b = images
+    noisy = fid.to_uint8(add_noise(b.float() / 127.5 - 1, 0.4, seed=7))
+    r = fid.compute_fid(a, noisy, domain, kid=True, kid_subsets=20, cuda=False, bootstrap=50, bootstrap_seed=3)
+    plain = fid.compute_fid(a, noisy, domain, kid=False, cuda=False)
+    reps = np.array(r["fid_replicates"])
+    assert r["fid"] == plain["fid"] and reps.shape == (50,)  # the value is the full-set FID, unchanged
+    assert np.median(reps) == pytest.approx(r["fid"], rel=0.2) and reps.std() > 0
+    # Replicates are FIDs of resampled features against the fixed reference, with the seeded indices.
+    features_a = fid.extract_features(a, domain, cuda=False)
+    mu_b, sigma_b = fid.feature_stats(noisy, domain, cuda=False)
+    idx = stats.bootstrap_indices(len(features_a), 50, np.random.default_rng(3))
+    for k in (0, 49):
+        expected = fid.fid_from_stats(fid.stats_from_features(features_a[idx[k]]), (mu_b, sigma_b))
+        assert reps[k] == pytest.approx(expected, rel=1e-6)
+    # KID: default subset min(1000, n // 2) < n, so the subsets differ; a subset of a whole set is refused.
+    assert r["kid_subset_size"] == 100 and r["kid_std"] > 0
+    with pytest.raises(ValueError, match=r"kid_subset_size must satisfy 2 <= size < min\(N_a, N_b\) = 200"):
+        fid.compute_fid(a, noisy, domain, kid_subset_size=200, cuda=False)
+    rows = fid.fid_records({"method": "m"}, r, table="t", steps=5)
+    assert [row["metric"] for row in rows] == ["fid", "kid"]
+    assert rows[0]["values"] == r["fid_replicates"] and rows[0]["units"] == "bootstrap"
+    assert rows[0]["n_samples"] == rows[1]["n_samples"] == 200 and rows[1]["kid_subset"] == 100
+    assert rows[0]["value"] == r["fid"] and rows[1]["value"] == r["kid_mean"] and "values" not in rows[1]
+    assert "values" not in fid.fid_records({}, plain)[0]
 
 
 def test_extractor_sees_the_net_on_quantised_model_range_images(domain):
@@ -280,12 +307,12 @@ def test_standard_backend_runs_fid_through_torch_fidelity_inception(standard_cac
     # torch-fidelity's extractor, built from the backend's kwargs, holds the file's weights.
     extractor = create_feature_extractor("inception-v3-compat", ["64"], cuda=False, verbose=False, **backend.fidelity_kwargs)
     assert torch.equal(extractor.Conv2d_1a_3x3.conv.weight, state["Conv2d_1a_3x3.conv.weight"])
-    # End to end on 3 tiny images per set, with the 64-d Inception layer (2048-d needs thousands of images).
+    # End to end on 6 tiny images per set, with the 64-d Inception layer (2048-d needs thousands of images).
     small = dataclasses.replace(backend, fid_layer="64")
-    a = fid.to_uint8(smooth_images(3, 3, 16, seed=10))
-    b = fid.to_uint8(smooth_images(3, 3, 16, seed=11))
+    a = fid.to_uint8(smooth_images(6, 3, 16, seed=10))
+    b = fid.to_uint8(smooth_images(6, 3, 16, seed=11))
     result = fid.compute_fid(a, b, small, kid=True, kid_subsets=5, cuda=False)
-    assert result["feature_layer"] == "64" and result["kid_subset_size"] == 3
+    assert result["feature_layer"] == "64" and result["kid_subset_size"] == 3  # 6 // 2: subsets smaller than n
     assert np.isfinite(result["fid"]) and np.isfinite(result["kid_mean"])
     independent = fid.fid_from_stats(fid.feature_stats(a, small, cuda=False), fid.feature_stats(b, small, cuda=False))
     assert independent == pytest.approx(result["fid"], rel=1e-4, abs=1e-6)

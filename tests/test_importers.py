@@ -1,4 +1,4 @@
-"""Import of published PDAE / Diff-AE checkpoints (pdae/importers.py, REFERENCE.md §3).
+"""Import of published PDAE / Diff-AE checkpoints (pdae/importers.py, docs/protocol.md §3).
 
 Inputs are built here with the documented layouts at small sizes; full-size presets are checked
 against the official key/shape lists in tests/fixtures on the meta device (no memory).
@@ -29,7 +29,7 @@ from pdae.nets.unet import UNet
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
-# Official PDAE `denoise_fn_config` of a tiny U-Net (REFERENCE.md 3.1 key names).
+# Official PDAE `denoise_fn_config` of a tiny U-Net (docs/protocol.md §3.1 key names).
 TINY_OFFICIAL = {
     "model": "UNet",
     "input_channel": 3,
@@ -143,7 +143,7 @@ def fake_class(monkeypatch, module: str, name: str, base: type = object) -> type
 
 
 def lightning_save(monkeypatch, path: Path, state_dict: dict, hp: dict | None, step: int = 11) -> None:
-    """A PyTorch-Lightning 1.4 `last.ckpt` as Diff-AE writes it (REFERENCE.md 3.4)."""
+    """A PyTorch-Lightning 1.4 `last.ckpt` as Diff-AE writes it (official Diff-AE code, experiment.py)."""
     attribute_dict = fake_class(monkeypatch, "pytorch_lightning.utilities.parsing", "AttributeDict", dict)
     model_checkpoint = fake_class(monkeypatch, "pytorch_lightning.callbacks.model_checkpoint", "ModelCheckpoint")
     ckpt = {
@@ -361,7 +361,7 @@ def test_pdae_autoencoder_needs_the_dpm_config(tmp_path):
 
 
 def diffae_official_keys(model: DiffAEUNet) -> dict[str, torch.Tensor]:
-    """Our DiffAEUNet state dict under the official BeatGANsAutoencModel names (REFERENCE.md 3.4)."""
+    """Our DiffAEUNet state dict under the official BeatGANsAutoencModel names (docs/protocol.md §3.4)."""
     return {("time_embed." + k if k.startswith("time_embed.") else k): v for k, v in model.state_dict().items()}
 
 

@@ -1,4 +1,5 @@
-"""Tests of eval.metrics (SSIM, MSE, LPIPS protocol of REFERENCE.md §5.1) and the LPIPS side of eval.backends."""
+"""Tests of eval.metrics (SSIM, MSE, LPIPS protocol of PDAE Table 1, official PDAE metric/utils.py) and the
+distance side of eval.backends (LPIPS-AlexNet named "lpips", the domain feature distance named "feat_dist")."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from scipy import ndimage
 from skimage.metrics import structural_similarity
 
 from eval import backends, metrics
@@ -88,6 +90,54 @@ def test_ssim_map_matches_scikit_image_in_the_interior():
     assert 0.3 < ours.mean() < 0.99  # a non-trivial pair
     # At the border the protocol's zero padding differs from scikit-image's reflection.
     assert np.abs(ours[:, 0, :] - theirs[:, 0, :]).max() > 1e-3
+
+
+def independent_ssim_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """SSIM map of one channel pair [H, W] in [0, 1], written from the convention alone (numpy / scipy only):
+    11x11 Gaussian window (sigma 1.5) built here, zero padding ('constant', cval 0) with 'same' output,
+    biased window-weighted moments, C1 = 0.01^2, C2 = 0.03^2."""
+    k = np.arange(11) - 5
+    g = np.exp(-(k**2) / (2 * 1.5**2))
+    window = np.outer(g, g) / np.outer(g, g).sum()
+
+    def local_mean(x: np.ndarray) -> np.ndarray:
+        return ndimage.correlate(x, window, mode="constant", cval=0.0)
+
+    mu_a, mu_b = local_mean(a), local_mean(b)
+    var_a, var_b = local_mean(a * a) - mu_a**2, local_mean(b * b) - mu_b**2
+    cov = local_mean(a * b) - mu_a * mu_b
+    c1, c2 = 0.01**2, 0.03**2
+    return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 16, 16), (2, 3, 23, 17)])
+def test_ssim_full_map_matches_an_independent_zero_padded_implementation(shape):
+    # Every pixel, borders included: the zero-padding convention of the official code, re-derived with scipy.
+    rng = np.random.default_rng(sum(shape))
+    a = rng.random(shape)
+    b = np.clip(0.6 * a + 0.4 * rng.random(shape), 0, 1)
+    ours = metrics.ssim_map(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    theirs = np.stack([np.stack([independent_ssim_map(a[n, c], b[n, c]) for c in range(shape[1])])
+                       for n in range(shape[0])])
+    assert ours.shape == theirs.shape == shape
+    assert np.abs(ours - theirs).max() < 1e-6
+    np.testing.assert_allclose(metrics.ssim(torch.from_numpy(a), torch.from_numpy(b)).numpy(),
+                               theirs.mean(axis=(1, 2, 3)), rtol=0, atol=1e-6)
+    # Unrelated random images still score clearly above 0 at the border (zero padding is shared by both).
+    unrelated = metrics.ssim_map(torch.from_numpy(a), torch.from_numpy(rng.random(shape))).numpy()
+    assert unrelated[..., 0, 0].mean() > unrelated[..., 8, 8].mean()
+
+
+def test_ssim_full_map_matches_scikit_image_on_explicitly_zero_padded_inputs():
+    # scikit-image reflects at the border; padding the inputs with 5 zeros first makes every window of an original
+    # pixel see exactly the zeros of our convention, so the whole cropped map must agree.
+    a = smooth_images(1, 3, 16, seed=40)[0].numpy()
+    b = (0.5 * a + 0.5 * smooth_images(1, 3, 16, seed=41)[0].numpy())
+    pad = ((0, 0), (5, 5), (5, 5))
+    _, theirs = structural_similarity(np.pad(a, pad), np.pad(b, pad), gaussian_weights=True, sigma=1.5,
+                                      use_sample_covariance=False, data_range=1, channel_axis=0, full=True)
+    ours = metrics.ssim_map(torch.from_numpy(a)[None], torch.from_numpy(b)[None])[0].numpy()
+    np.testing.assert_allclose(ours, theirs[:, 5:-5, 5:-5], rtol=0, atol=1e-6)
 
 
 def test_ssim_hand_computed_single_pixel():
@@ -187,6 +237,15 @@ def test_lpips_distance_contract():
         metrics.lpips_distance(a, b, lambda x, y: x.mean())
 
 
+def test_per_image_fields_mean_values_and_units():
+    fields = metrics.per_image_fields(torch.tensor([0.25, 0.5, 1.0], dtype=torch.float32))
+    assert fields["units"] == "images" and fields["values"] == [0.25, 0.5, 1.0]
+    assert fields["value"] == pytest.approx(np.mean(fields["values"]), rel=1e-15)
+    assert all(type(v) is float for v in fields["values"])
+    with pytest.raises(ValueError, match="empty"):
+        metrics.per_image_fields(torch.zeros(0))
+
+
 def test_mean_and_sem():
     mean, sem = metrics.mean_and_sem(torch.tensor([1.0, 2.0, 3.0, 4.0]))
     assert mean == 2.5 and sem == pytest.approx(math.sqrt(5 / 3) / 2)
@@ -234,7 +293,8 @@ def test_standard_lpips_loads_local_alexnet_and_matches_lpips_package(alexnet_ca
     a = smooth_images(3, 3, 32, seed=20).float() * 2 - 1
     b = smooth_images(3, 3, 32, seed=21).float() * 2 - 1
     backend = backends.MetricBackend("standard", net, backends.STANDARD_FEATURE_EXTRACTOR)
-    d = backend.lpips(a, b)
+    assert backend.distance_name == "lpips" and backend.distance_label == "LPIPS-AlexNet distance"
+    d = backend.distance(a, b)
     with torch.no_grad():
         expected = reference(a, b).reshape(3).double()
     assert torch.allclose(d, expected, rtol=1e-6, atol=1e-9)
@@ -244,6 +304,15 @@ def test_standard_lpips_loads_local_alexnet_and_matches_lpips_package(alexnet_ca
     grey_a, grey_b = a[:, :1], b[:, :1]
     assert torch.allclose(backend.lpips(grey_a, grey_b), backend.lpips(grey_a.expand(-1, 3, -1, -1),
                                                                       grey_b.expand(-1, 3, -1, -1)))
+
+
+def test_standard_backend_reports_lpips_under_its_own_name(monkeypatch, tmp_path):
+    # Weight lookup and loading are stubbed: only the naming of the standard backend's distance is under test.
+    monkeypatch.setattr(backends, "find_weights", lambda *args: tmp_path / "w.pth")
+    monkeypatch.setattr(backends, "alexnet_lpips", lambda path=None: nn.Identity())
+    monkeypatch.setattr(backends, "inception_weights_path", lambda path=None: tmp_path / "i.pth")
+    backend = backends.standard_backend()
+    assert backend.name == "standard" and backend.distance_name == "lpips"
 
 
 def test_missing_alexnet_weights_is_one_line_error(tmp_path, monkeypatch):
@@ -313,14 +382,17 @@ def test_feature_map_distance_matches_hand_computation():
     assert backends.feature_map_distance([f], [-f]).item() == pytest.approx(4.0, rel=1e-8)
 
 
-def test_domain_lpips_zero_on_identical_and_grows_with_noise():
+def test_domain_feature_distance_zero_on_identical_and_grows_with_noise():
     backend = backends.domain_backend(StandInFeatureNet())
     assert backend.name == "domain"
+    # Not LPIPS: its own metric name and label.
+    assert backend.distance_name == "feat_dist" and backend.distance_label == "domain feature distance"
     x = smooth_images(4, 3, 16, seed=31).float() * 2 - 1
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(32))
     assert torch.allclose(backend.lpips(x, x), torch.zeros(4, dtype=torch.float64), atol=1e-12)
-    scores = [backend.lpips(x, (x + s * noise).clamp(-1, 1)).mean().item() for s in (0.05, 0.2, 0.8)]
+    scores = [backend.distance(x, (x + s * noise).clamp(-1, 1)).mean().item() for s in (0.05, 0.2, 0.8)]
     assert scores[0] < scores[1] < scores[2]
+    assert torch.equal(backend.lpips(x, -x), backend.distance(x, -x))  # the old method name is an alias
 
 
 def test_domain_backend_requires_the_interface():

@@ -1,4 +1,4 @@
-"""Latent DPM MLP (pdae/nets/latent_mlp.py, REFERENCE.md 2.4), classifier nets (pdae/nets/classifier.py, 2.5).
+"""Latent DPM MLP (pdae/nets/latent_mlp.py, docs/protocol.md §2.4), classifier nets (pdae/nets/classifier.py, §2.5).
 
 tests/fixtures/diffae_keys/latent_mlp.json was generated from the official Diff-AE `MLPSkipNet` (phizaz/diffae
 @00c57d3, identical to PDAE's): the 10-layer key names and shapes, and eps of a small config for RNG-free

@@ -1,4 +1,4 @@
-"""Parity of pdae.nets with the official PDAE networks (ckczzj/PDAE @4f9c29a; REFERENCE.md 2.1-2.3, 3.2).
+"""Parity of pdae.nets with the official PDAE networks (ckczzj/PDAE @4f9c29a; docs/protocol.md §2.1-2.3, §3.2).
 
 The fixtures in tests/fixtures/parity were produced by running the official `UNet`, `ShiftUNet` and
 encoder classes (small configs, float32, eval mode) with every parameter set to `fill_value(key, shape)`

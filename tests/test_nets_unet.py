@@ -1,4 +1,4 @@
-"""pdae.nets: parameter counts (REFERENCE.md 2.1-2.3), the frozen-prior contract, G == 0 at init,
+"""pdae.nets: parameter counts (docs/protocol.md §2.6), the frozen-prior contract, G == 0 at init,
 layer formulas, configs and one-line errors. Parity with the official code: test_nets_parity.py."""
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def inputs(n: int = 2, size: int = 8, channels: int = 3, latent: int = 16, seed:
     return x_t, t, z
 
 
-# Parameter counts (REFERENCE.md 2.1-2.3, [RUN] numbers from the official classes).
+# Parameter counts (docs/protocol.md §2.6, measured on the official classes).
 
 
 def test_parameter_counts_128px() -> None:
@@ -71,7 +71,7 @@ def test_parameter_counts_128px() -> None:
     with META:
         encoder = SemanticEncoder(128)
     assert n_params(encoder) == 3_914_240
-    # PDAE trainable total = encoder + new parts (REFERENCE.md 2.3)
+    # PDAE trainable total = encoder + new parts (docs/protocol.md §2.6)
     assert n_params(encoder) + 78_522_371 == 82_436_611
 
 
@@ -146,7 +146,7 @@ def test_resblock_shift_double_adagn() -> None:
     plain = ResBlock(32, 16, dropout=0.0).eval()
     plain.load_state_dict({k: v for k, v in shifted.state_dict().items() if "emb_z" not in k})
     x, emb, emb_z = torch.randn(2, 32, 4, 4), torch.randn(2, 16), torch.randn(2, 16)
-    # h = (1 + z_s) * (GN(h)(1 + t_s) + t_b) + z_b  (REFERENCE.md 2.3)
+    # h = (1 + z_s) * (GN(h)(1 + t_s) + t_b) + z_b  (official PDAE code, model/module.py `ResBlockShift`)
     h_t = plain.modulate(plain.in_layers(x), emb, None)
     z_s, z_b = shifted.emb_z_layers(emb_z)[..., None, None].chunk(2, dim=1)
     h = shifted.out_layers[1:]((1 + z_s) * h_t + z_b)

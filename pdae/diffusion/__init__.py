@@ -1,4 +1,7 @@
-"""Diffusion math of PDAE (Zhang et al., NeurIPS 2022): schedules, Gaussian identities, samplers (REFERENCE.md §1)."""
+"""Diffusion math of PDAE (Zhang et al., NeurIPS 2022): schedules, Gaussian identities, samplers.
+
+See docs/protocol.md §1.
+"""
 
 from pdae.diffusion.gaussian import (
     ddim_shift_coef,

@@ -1,6 +1,6 @@
 """Gaussian identities of the discrete DDPM (Ho et al., 2020) and the PDAE mean shift (Zhang et al., 2022).
 
-Pure functions of (schedule, tensors), REFERENCE.md §1.2-1.5. Notation (diffusers style):
+Pure functions of (schedule, tensors), docs/protocol.md §1.2-1.5. Notation (diffusers style):
 
     sch                 -> the `Schedule` (beta_t, alpha_t, alpha_bar_t, ... as float64 [T] tables)
     t                   -> LongTensor [N] of original timestep indices in {0, ..., T-1}
@@ -39,7 +39,7 @@ __all__ = [
     "x0_from_eps",
 ]
 
-# PDAE loss-weight exponent, REFERENCE.md §1.4 (hard-coded `gamma = 0.1` in the official code).
+# PDAE loss-weight exponent, paper Eq. 10 (hard-coded `gamma = 0.1` in official PDAE code, gaussian_diffusion.py).
 PDAE_GAMMA = 0.1
 
 
@@ -63,7 +63,7 @@ def extract(arr: Tensor, t: Tensor, shape: Sequence[int], *, dtype: torch.dtype 
     return table.index_select(0, t).reshape([t.shape[0]] + [1] * (len(shape) - 1))
 
 
-# Forward process q(x_t | x_0), REFERENCE.md §1.2 (DDPM Eq. 4).
+# Forward process q(x_t | x_0), DDPM Eq. 4.
 def q_sample(sch: Schedule, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
     """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps.  x0, noise: [N, ...] -> [N, ...]."""
     a = extract(sch.alpha_bar.sqrt(), t, x0.shape, dtype=x0.dtype)
@@ -71,7 +71,7 @@ def q_sample(sch: Schedule, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
     return a * x0 + b * noise
 
 
-# Posterior mean of q(x_{t-1} | x_t, x_0), REFERENCE.md §1.2 (DDPM Eq. 7).
+# Posterior mean of q(x_{t-1} | x_t, x_0), DDPM Eq. 7.
 def posterior_mean(sch: Schedule, x0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
     """mu~_t = beta_t sqrt(alpha_bar_{t-1}) / (1 - alpha_bar_t) x_0
     + (1 - alpha_bar_{t-1}) sqrt(alpha_t) / (1 - alpha_bar_t) x_t.
@@ -86,7 +86,7 @@ def posterior_mean(sch: Schedule, x0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
     )
 
 
-# Posterior variance beta-tilde_t, REFERENCE.md §1.2 (DDPM Eq. 7; PDAE's "fixed small" Sigma).
+# Posterior variance beta-tilde_t, DDPM Eq. 7 (PDAE's "fixed small" Sigma, docs/protocol.md §1.3).
 def posterior_variance(
     sch: Schedule, t: Tensor, shape: Sequence[int], *, dtype: torch.dtype = torch.float32
 ) -> Tensor:
@@ -94,7 +94,7 @@ def posterior_variance(
     return extract(sch.posterior_variance, t, shape, dtype=dtype)
 
 
-# x_0 prediction from an eps prediction, REFERENCE.md §1.2.
+# x_0 prediction from an eps prediction, docs/protocol.md §1.2.
 def x0_from_eps(sch: Schedule, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
     """x^_0 = sqrt(1/alpha_bar_t) x_t - sqrt(1/alpha_bar_t - 1) eps.  [N, ...] -> [N, ...]."""
     a = extract((1.0 / sch.alpha_bar).sqrt(), t, x_t.shape, dtype=x_t.dtype)
@@ -102,7 +102,7 @@ def x0_from_eps(sch: Schedule, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
     return a * x_t - b * eps
 
 
-# eps implied by an x_0 prediction (inverse of x0_from_eps), REFERENCE.md §1.5 step 2.
+# eps implied by an x_0 prediction (inverse of x0_from_eps), docs/protocol.md §1.5 step 2.
 def eps_from_x0(sch: Schedule, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
     """eps = (sqrt(1/alpha_bar_t) x_t - x_0) / sqrt(1/alpha_bar_t - 1).  [N, ...] -> [N, ...]."""
     a = extract((1.0 / sch.alpha_bar).sqrt(), t, x_t.shape, dtype=x_t.dtype)
@@ -110,7 +110,7 @@ def eps_from_x0(sch: Schedule, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
     return (a * x_t - x0) / b
 
 
-# eps-parameterised reverse mean mu_theta, REFERENCE.md §1.2 (DDPM Eq. 11).
+# eps-parameterised reverse mean mu_theta, DDPM Eq. 11.
 def eps_mean(sch: Schedule, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
     """mu_theta = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t).  [N, ...] -> [N, ...]."""
     a = extract(1.0 / sch.alphas.sqrt(), t, x_t.shape, dtype=x_t.dtype)
@@ -118,13 +118,13 @@ def eps_mean(sch: Schedule, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
     return a * x_t - b * eps
 
 
-# Signal-to-noise ratio, REFERENCE.md §1.4.
+# Signal-to-noise ratio, paper §3.4 (Eq. 10).
 def snr(sch: Schedule) -> Tensor:
     """SNR(t) = alpha_bar_t / (1 - alpha_bar_t); float64 [T]."""
     return sch.alpha_bar / (1.0 - sch.alpha_bar)
 
 
-# PDAE shift coefficient, REFERENCE.md §1.3 (paper Eq. 7 with Sigma = beta-tilde; official `shift_coef`).
+# PDAE shift coefficient: paper Eq. 7 with Sigma = beta-tilde; official PDAE code, gaussian_diffusion.py `shift_coef`.
 def shift_coef(sch: Schedule) -> Tensor:
     """shift_coef_t = -sqrt(alpha_t) (1 - alpha_bar_{t-1}) / sqrt(1 - alpha_bar_t); float64 [T], zero at t=0.
 
@@ -134,26 +134,26 @@ def shift_coef(sch: Schedule) -> Tensor:
     return -sch.alphas.sqrt() * (1.0 - sch.alpha_bar_prev) / (1.0 - sch.alpha_bar).sqrt()
 
 
-# DDIM shift coefficient, REFERENCE.md §1.5 (paper Eq. 6, score-conditioning trick).
+# DDIM shift coefficient, paper Eq. 6 (score-conditioning trick; official PDAE code, diffusion/ddim.py).
 def ddim_shift_coef(sch: Schedule) -> Tensor:
     """ddim_shift_coef_t = -sqrt(1 - alpha_bar_t); float64 [T]."""
     return -(1.0 - sch.alpha_bar).sqrt()
 
 
-# PDAE loss weight, REFERENCE.md §1.4 (paper Eq. 10).
+# PDAE loss weight, paper Eq. 10.
 def pdae_loss_weight(sch: Schedule, gamma: float = PDAE_GAMMA) -> Tensor:
     """lambda_t = (1/(1+SNR))^(1-gamma) (SNR/(1+SNR))^gamma = SNR^gamma / (1 + SNR); float64 [T]."""
     s = snr(sch)
     return s**gamma / (1.0 + s)
 
 
-# Combined PDAE noise prediction for training and DDPM sampling, REFERENCE.md §1.3 and §1.7.
+# Combined PDAE noise prediction for training and DDPM sampling, docs/protocol.md §1.3 and §1.7.
 def shift_eps(sch: Schedule, t: Tensor, eps: Tensor, grad: Tensor, scale: float = 1.0) -> Tensor:
     """eps^ = eps_theta + scale * shift_coef_t * G.  eps, grad: [N, ...] -> [N, ...]."""
     return eps + extract(shift_coef(sch) * scale, t, eps.shape, dtype=eps.dtype) * grad
 
 
-# Combined PDAE noise prediction for DDIM sampling and encoding, REFERENCE.md §1.5 (paper Eq. 6).
+# Combined PDAE noise prediction for DDIM sampling and encoding, paper Eq. 6 (docs/protocol.md §1.5).
 def ddim_shift_eps(sch: Schedule, t: Tensor, eps: Tensor, grad: Tensor, scale: float = 1.0) -> Tensor:
     """eps^ = eps_theta - scale * sqrt(1 - alpha_bar_t) * G.  eps, grad: [N, ...] -> [N, ...]."""
     return eps - extract((1.0 - sch.alpha_bar).sqrt() * scale, t, eps.shape, dtype=eps.dtype) * grad

@@ -1,6 +1,6 @@
 """DDIM sampling, DDIM inversion and DDPM ancestral sampling, with PDAE's mean shift (Zhang et al., 2022).
 
-One sampler family with one signature (REFERENCE.md §1.5-1.7). The plain DPM, PDAE and Diff-AE only differ
+One sampler family with one signature (docs/protocol.md §1.5-1.7). The plain DPM, PDAE and Diff-AE only differ
 in the callables they hand over:
 
     eps_fn(x_t, t) -> eps                 plain or conditional eps prediction (DPM, Diff-AE, latent DPM)
@@ -10,15 +10,15 @@ Notation (diffusers style):
 
     x_T, x0             -> x_T (noise / inferred latent) and x_0 (data), [N, ...] (images [N, C, H, W], latents [N, D])
     t                   -> LongTensor [N] of ORIGINAL timesteps in {0, ..., T-1}, on x's device
-    tau                 -> respaced timesteps tau_0 < tau_1 < ... (`respace_timesteps`, REFERENCE.md §1.6)
+    tau                 -> respaced timesteps tau_0 < tau_1 < ... (`respace_timesteps`, docs/protocol.md §1.6)
     i                   -> respaced index; k -> index of the step in execution order (0 = first step run)
     eps_hat             -> eps_theta - shift_scale sqrt(1 - alpha_bar_tau) G         (DDIM, paper Eq. 6)
-                           eps_theta + shift_scale shift_coef_t G                    (DDPM, REFERENCE.md §1.7)
+                           eps_theta + shift_scale shift_coef_t G                    (DDPM, docs/protocol.md §1.7)
     x0_hat, eps_tilde   -> x_0 predicted from eps_hat (clamped to [-1, 1] if clip_x0) and the eps re-derived from it
     stop_fraction       -> official `stop_percent`: no shift for the last int(stop_fraction * N) steps run
     eta                 -> 0 (deterministic DDIM) throughout
 
-`convention` selects the DDIM loop of REFERENCE.md §1.6: "paper" (guided-diffusion/Diff-AE and PDAE at paper
+`convention` selects the DDIM loop of docs/protocol.md §1.6: "paper" (guided-diffusion/Diff-AE and PDAE at paper
 time) or "current" (official PDAE code since 2023-02-26). Callbacks receive a dict with keys "i" (k),
 "t" (LongTensor [N]), "x" (the state after the step), "x0" (x0_hat of the step) and "shift" (bool).
 """
@@ -64,7 +64,7 @@ def _full_t(x: Tensor, timestep: int) -> Tensor:
 
 
 def _shifted_steps(num_steps: int, stop_fraction: float) -> int:
-    """How many of `num_steps` steps (counted from the first one run) use the shift (REFERENCE.md §1.5)."""
+    """How many of `num_steps` steps (counted from the first one run) use the shift (docs/protocol.md §1.5)."""
     return num_steps - int(stop_fraction * num_steps)
 
 
@@ -98,7 +98,7 @@ def _predict_eps(
     return shift_eps(sch, t, eps, grad, shift_scale)
 
 
-# The DDIM step order of REFERENCE.md §1.6, for both conventions and both directions.
+# The DDIM step order of docs/protocol.md §1.6, for both conventions and both directions.
 def ddim_plan(sch: Schedule, steps: int, convention: str, invert: bool) -> list[tuple[int, float]]:
     """(tau, alpha_bar_target) for every DDIM step, in execution order.
 
@@ -119,7 +119,7 @@ def ddim_plan(sch: Schedule, steps: int, convention: str, invert: bool) -> list[
     return [(taus[i], ab[i - 1]) for i in reversed(range(1, len(taus)))]
 
 
-# One deterministic DDIM update (eta = 0), REFERENCE.md §1.5 steps 2-3; also the inversion step (paper Eq. 8).
+# One deterministic DDIM update (eta = 0), docs/protocol.md §1.5 steps 2-3; also the inversion step (paper Eq. 8).
 def ddim_step(
     sch: Schedule, x: Tensor, t: Tensor, eps: Tensor, alpha_bar_target: float, clip_x0: bool = True
 ) -> tuple[Tensor, Tensor]:
@@ -160,7 +160,7 @@ def _ddim_loop(
     return x
 
 
-# DDIM sampling (Song et al., 2021) with PDAE's shift, REFERENCE.md §1.5-1.6.
+# DDIM sampling (Song et al., 2021) with PDAE's shift (paper Eq. 6), docs/protocol.md §1.5-1.6.
 def ddim_sample(
     eps_fn: EpsFn,
     x_T: Tensor,
@@ -186,7 +186,7 @@ def ddim_sample(
     return _ddim_loop(eps_fn, x_T, schedule, plan, shift_fn, shifted, shift_scale, clip_x0, callback)
 
 
-# DDIM inversion ("encoding", PDAE paper Eq. 8), REFERENCE.md §1.5-1.6.
+# DDIM inversion ("encoding", PDAE paper Eq. 8), docs/protocol.md §1.5-1.6.
 def ddim_invert(
     eps_fn: EpsFn,
     x0: Tensor,
@@ -220,7 +220,7 @@ def _noise_like(x: Tensor, generator: torch.Generator | Sequence[torch.Generator
     )
 
 
-# Ancestral DDPM sampling (Ho et al., 2020) with PDAE's shift, REFERENCE.md §1.7.
+# Ancestral DDPM sampling (Ho et al., 2020) with PDAE's shift, docs/protocol.md §1.7.
 def ddpm_sample(
     eps_fn: EpsFn,
     x_T: Tensor,
@@ -263,14 +263,14 @@ def _per_sample(lam: float | Tensor, ref: Tensor) -> float | Tensor:
     return lam
 
 
-# Linear interpolation (Lerp of PDAE §4.4 / REFERENCE.md §5.4).
+# Linear interpolation (Lerp of PDAE paper §4.4, Fig. 7).
 def lerp(a: Tensor, b: Tensor, lam: float | Tensor) -> Tensor:
     """(1 - lam) a + lam b; lam a float or a [N] tensor (per sample). a, b: [N, ...]."""
     w = _per_sample(lam, a)
     return (1.0 - w) * a + w * b
 
 
-# Spherical interpolation (Shoemake 1985), per sample, REFERENCE.md §5.4.
+# Spherical interpolation (Shoemake 1985), per sample, PDAE paper §4.4 (docs/protocol.md §5.4).
 def slerp(a: Tensor, b: Tensor, lam: float | Tensor) -> Tensor:
     """sin((1-lam) theta)/sin(theta) a + sin(lam theta)/sin(theta) b, theta = arccos(<a, b>/(|a| |b|)).
 
@@ -292,7 +292,8 @@ def slerp(a: Tensor, b: Tensor, lam: float | Tensor) -> Tensor:
     return wa.to(a.dtype).reshape(shape) * a + wb.to(a.dtype).reshape(shape) * b
 
 
-# Trajectory interpolation of REFERENCE.md §1.5 (official `shift_ddim_trajectory_interpolation`).
+# Trajectory interpolation of PDAE paper §4.4, Fig. 7 row 2 (official PDAE code, diffusion/ddim.py
+# `shift_ddim_trajectory_interpolation`).
 def mix_shift_fns(shift_fn_1: ShiftFn, shift_fn_2: ShiftFn, lam: float | Tensor) -> ShiftFn:
     """ShiftFn giving eps_theta of the first and G = (1 - lam) G_1 + lam G_2; lam a float or a [N] tensor."""
 

@@ -1,6 +1,6 @@
 """Noise schedules and DDIM timestep respacing for the discrete DDPM of Ho et al. (2020).
 
-REFERENCE.md §1.1 (schedules, the tables derived from them) and §1.6 (the two "ddimN" respacing
+docs/protocol.md §1.1 (schedules, the tables derived from them) and §1.6 (the two "ddimN" respacing
 conventions). Every table is float64 on the CPU; `pdae.diffusion.gaussian` casts what it reads to the
 dtype and device of the tensors it works on.
 
@@ -30,11 +30,11 @@ __all__ = [
     "respace_timesteps",
 ]
 
-# Respacing conventions of REFERENCE.md §1.6: `paper` (guided-diffusion strides, paper-time PDAE code
+# Respacing conventions of docs/protocol.md §1.6: `paper` (guided-diffusion strides, paper-time PDAE code
 # and Diff-AE), `current` (official PDAE code since 2023-02-26, linspace rule).
 CONVENTIONS = ("paper", "current")
 
-# Named schedules and the keyword parameters each one takes, with their defaults (REFERENCE.md §1.1).
+# Named schedules and the keyword parameters each one takes, with their defaults (docs/protocol.md §1.1).
 SCHEDULE_KINDS: dict[str, dict[str, float]] = {
     "linear": {"start": 1.0e-4, "end": 0.02},
     "cosine": {"s": 0.008, "max_beta": 0.999},
@@ -47,7 +47,8 @@ def _check_T(T: int) -> None:
         raise ValueError(f"number of diffusion steps T must be an integer >= 2, got {T!r}")
 
 
-# Linear schedule of Ho et al. (2020), REFERENCE.md §1.1 (numpy linspace, as in guided-diffusion and PDAE).
+# Linear schedule of Ho et al. (2020) (numpy linspace, as in guided-diffusion and official PDAE code,
+# diffusion/gaussian_diffusion.py).
 def linear_betas(T: int = 1000, start: float = 1.0e-4, end: float = 0.02) -> Tensor:
     """beta_t = linspace(start, end, T); the schedule of every pre-trained DPM used here.
 
@@ -58,7 +59,7 @@ def linear_betas(T: int = 1000, start: float = 1.0e-4, end: float = 0.02) -> Ten
     return torch.from_numpy(np.linspace(start, end, T, dtype=np.float64))
 
 
-# Cosine schedule of Nichol & Dhariwal (2021), REFERENCE.md §1.1.
+# Cosine schedule of Nichol & Dhariwal (2021), docs/protocol.md §1.1.
 def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
     """beta_i = min(1 - f((i+1)/T) / f(i/T), max_beta) with f(u) = cos^2((u + s)/(1 + s) * pi/2).
 
@@ -74,7 +75,8 @@ def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
     return torch.tensor(betas, dtype=torch.float64)
 
 
-# Constant schedule of the latent DPM (beta = 0.008 in PDAE and Diff-AE), REFERENCE.md §1.1.
+# Constant schedule of the latent DPM (beta = 0.008 in PDAE and Diff-AE: official PDAE code,
+# diffusion/gaussian_diffusion.py `latent_diffusion_config`; official Diff-AE code, templates_latent.py).
 def const_betas(T: int, beta: float) -> Tensor:
     """beta_t = beta for every t.
 
@@ -88,7 +90,7 @@ def const_betas(T: int, beta: float) -> Tensor:
 _BETA_FNS = {"linear": linear_betas, "cosine": cosine_betas, "const": const_betas}
 
 
-# The tables of a discrete diffusion process, REFERENCE.md §1.1-1.2.
+# The tables of a discrete diffusion process, docs/protocol.md §1.1-1.2.
 @dataclass(frozen=True, eq=False, repr=False)
 class Schedule:
     """A beta schedule and every float64 table derived from it (CPU tensors, shape [T]).
@@ -116,14 +118,14 @@ class Schedule:
         if not bool(((betas > 0) & (betas < 1)).all()):
             raise ValueError("betas must all lie in the open interval (0, 1)")
 
-        # Tables of REFERENCE.md §1.1.
+        # Tables of docs/protocol.md §1.1.
         alphas = 1.0 - betas
         alpha_bar = torch.cumprod(alphas, dim=0)
         one, zero = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
         alpha_bar_prev = torch.cat([one, alpha_bar[:-1]])
         alpha_bar_next = torch.cat([alpha_bar[1:], zero])
 
-        # Posterior q(x_{t-1} | x_t, x_0) variance, REFERENCE.md §1.2.
+        # Posterior q(x_{t-1} | x_t, x_0) variance, DDPM Eq. 7.
         posterior_variance = betas * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar)
         posterior_log_variance_clipped = torch.log(
             torch.cat([posterior_variance[1:2], posterior_variance[1:]])
@@ -184,7 +186,7 @@ class Schedule:
         return f"Schedule(kind={self.kind!r}, T={self.T}, {params})"
 
 
-# Timestep respacing "ddimN", REFERENCE.md §1.6 (both conventions).
+# Timestep respacing "ddimN", docs/protocol.md §1.6 (both conventions).
 def respace_timesteps(T: int, steps: int, convention: str = "paper") -> list[int]:
     """The kept original timesteps tau (sorted ascending) for "ddim<steps>".
 

@@ -1,4 +1,4 @@
-"""The method interface shared by the training loop, the samplers and all of `eval/` (DESIGN.md §3).
+"""The method interface shared by the training loop, the samplers and all of `eval/` (docs/protocol.md §9.2).
 
 Every method is an `nn.Module` whose `forward` is its per-sample training loss, so one training loop
 (and DistributedDataParallel) drives them all. Sampling code only sees `denoiser(cond)`, which returns
@@ -25,7 +25,7 @@ def per_sample_mean(x: Tensor) -> Tensor:
 
 
 def sample_timesteps(schedule: Schedule, n: int, generator: torch.Generator, device: torch.device) -> Tensor:
-    """t ~ Uniform{0, ..., T-1} (REFERENCE.md §1.4), drawn from the run's generator."""
+    """t ~ Uniform{0, ..., T-1} (docs/protocol.md §1.4), drawn from the run's generator."""
     return torch.randint(0, schedule.T, (n,), generator=generator, device=device)
 
 

@@ -1,6 +1,7 @@
 """Diff-AE (Preechakul et al., CVPR 2022): a semantic encoder and a z-conditioned DPM trained from scratch.
 
-Loss: the simple eps-MSE of the conditional DPM, the encoder trained through it (REFERENCE.md §2.3, §7.2 #66).
+Loss: the simple eps-MSE of the conditional DPM, the encoder trained through it (docs/protocol.md §2.3;
+phizaz/diffae issue #66).
 """
 
 from __future__ import annotations

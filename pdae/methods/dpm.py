@@ -1,6 +1,6 @@
 """The plain (unconditional) DPM: the "pre-trained" model of PDAE, trained with the simple eps loss.
 
-Ho et al. 2020, L_simple; REFERENCE.md §1.4 last line (unweighted eps-MSE for regular DDPM training).
+Ho et al. 2020, L_simple (unweighted eps-MSE, as official PDAE code `regular_train_one_batch`; docs/protocol.md §1.4).
 """
 
 from __future__ import annotations

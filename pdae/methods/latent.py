@@ -1,6 +1,6 @@
 """The latent DPM p(z) on normalised semantic latents, for unconditional and few-shot sampling.
 
-REFERENCE.md §1.8: z from the frozen EMA encoder, normalised per dimension with dataset mean/std;
+docs/protocol.md §1.8: z from the frozen EMA encoder, normalised per dimension with dataset mean/std;
 constant beta = 0.008, T = 1000, t uniform, L1 loss on eps; the eps-network is the MLP of §2.4.
 """
 
@@ -43,7 +43,7 @@ class LatentDPM(Method):
         self.net = net
         self.schedule = schedule
         self.stats = LatentStats(latent_dim)
-        # PDAE's HEAD clamps z_T and the predicted z_0 to [-1, 1]; Diff-AE does not (REFERENCE.md §7.1 #2).
+        # PDAE's HEAD clamps z_T and the predicted z_0 to [-1, 1]; Diff-AE does not (docs/protocol.md §7.4).
         self.method_kwargs = {"clip_latent": clip_latent}
 
     def loss(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
@@ -60,7 +60,7 @@ class LatentDPM(Method):
 
 
 class LatentClassifier(Method):
-    """A linear head on normalised z (REFERENCE.md §2.5): BCE on binary attributes or CE on class labels."""
+    """A linear head on normalised z (docs/protocol.md §2.5): BCE on binary attributes or CE on class labels."""
 
     name = "classifier"
     input_kind = "latents"

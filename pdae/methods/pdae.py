@@ -2,8 +2,9 @@
 
 Zhang, Zhao and Lin, NeurIPS 2022. The encoder and G learn to fill the posterior-mean gap:
 training minimises lambda_t * || eps - (eps_theta(x_t, t) + shift_coef_t * G(x_t, z, t)) ||^2
-(paper Eq. 7 and Eq. 10, REFERENCE.md §1.3-1.4); sampling shifts DDIM by -sqrt(1 - alpha_bar) * G
-(paper Eq. 6, §1.5). The class-conditional variant feeds a label instead of z (paper §4.6, §5.8).
+(paper Eq. 7 and Eq. 10, docs/protocol.md §1.3-1.4); sampling shifts DDIM by -sqrt(1 - alpha_bar) * G
+(paper Eq. 6, docs/protocol.md §1.5). The class-conditional variant feeds a label instead of z (paper §4.6,
+docs/protocol.md §5.8).
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ class PDAE(Method):
 
 
 class ClassConditionalPDAE(PDAE):
-    """G conditioned on a class label instead of z (the truncation-like effect, REFERENCE.md §5.8)."""
+    """G conditioned on a class label instead of z (the truncation-like effect, paper §4.6)."""
 
     name = "pdae_class"
 

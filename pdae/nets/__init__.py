@@ -1,4 +1,4 @@
-"""Networks: the ADM-style U-Net prior, PDAE's semantic encoder and gradient estimator (REFERENCE.md 2).
+"""Networks: the ADM-style U-Net prior, PDAE's semantic encoder and gradient estimator (docs/protocol.md §2).
 
 Diff-AE's conditional U-Net, the latent MLP and the classifier live in their own modules
 (`pdae.nets.cond_unet`, `pdae.nets.latent_mlp`, `pdae.nets.classifier`).

@@ -13,7 +13,7 @@ entry point:
   load_prior       kind "native" | "diffusers" | "adm" + path -> `DPM(prior, schedule)`, the object
                    `pdae.methods.build_method("pdae", ..., prior=...)` takes.
 
-What follows the prior, and why (issue 7, REFERENCE.md 1.3-1.7):
+What follows the prior, and why (issue 7, docs/protocol.md §1.3-1.7):
 
 - The schedule is the prior's own: diffusers `scheduler/scheduler_config.json` (`beta_schedule` linear,
   scaled_linear or squaredcos_cap_v2, `beta_start/end`, `num_train_timesteps`, or `trained_betas`), ADM
@@ -33,7 +33,7 @@ What follows the prior, and why (issue 7, REFERENCE.md 1.3-1.7):
   function of t, identical in training and in sampling, and must not depend on the frozen network's
   output (with Sigma_theta it would change with x_t, and G would be trained for one coefficient and
   sampled with another). The official code makes the same choice (its learned-sigma coefficient is
-  commented out, REFERENCE.md 2.3). DDIM encoding and decoding never use the variance; DDPM ancestral
+  commented out, docs/protocol.md §2.3). DDIM encoding and decoding never use the variance; DDPM ancestral
   sampling (`ddpm_sample`) uses the fixed-small variance.
 
 Weights are never unpickled with code execution: safetensors, or `.bin`/`.pt` through
@@ -122,7 +122,7 @@ def _check_diffusers_config(cfg: Mapping[str, Any]) -> None:
 
 
 def diffusers_layout(cfg: Mapping[str, Any], emb_dim: int) -> FeatureLayout:
-    """The `FeatureLayout` of a UNet2DModel configuration (ADM's layout, REFERENCE.md 2.1).
+    """The `FeatureLayout` of a UNet2DModel configuration (ADM's layout, docs/protocol.md §2.1).
 
     Skips in encoder order: conv_in (ds 1); per level i, `layers_per_block` resnet outputs (ds 2^i) and,
     except for the last level, the downsampler output (ds 2^(i+1)); channels = block_out_channels[i].

@@ -1,6 +1,6 @@
 """Small classifier networks: the linear attribute head on z (PDAE/Diff-AE manipulation) and a small CNN
 trained on a dataset's labels that serves as an offline feature extractor for FID and an LPIPS-style
-distance (the `domain` metric backend, DESIGN.md 6).
+distance (the `domain` metric backend, docs/protocol.md §5.10).
 
 Notation: z -> normalised semantic latent [N, D]; x -> image in [-1, 1] [N, C, H, W].
 """
@@ -20,9 +20,10 @@ FEATURENET_GN_GROUPS = 8  # GroupNorm groups in FeatureNet (batch-independent fe
 _UNIT_NORM_EPS = 1e-10  # LPIPS `normalize_tensor` epsilon
 
 
-# Attribute classifier on z (REFERENCE.md 2.5): one Linear layer, keys `weight`, `bias` as PDAE's `nn.Linear`.
+# Attribute classifier on z (docs/protocol.md §2.5): one Linear layer, keys `weight`, `bias` as PDAE's `nn.Linear`.
 class LinearHead(nn.Linear):
-    """logits = W z + b on the normalised latent z, trained with BCE-with-logits (REFERENCE.md 2.5).
+    """logits = W z + b on the normalised latent z, trained with BCE-with-logits (official PDAE code,
+    trainer/train_manipulation.py).
 
     Preset: CelebA-HQ attributes, 512 -> 40: 20,520 parameters. The state dict is a plain `nn.Linear`'s
     (`weight` [num_outputs, latent_dim], `bias` [num_outputs]), so PDAE's `ema_classifier` loads as is.
@@ -46,7 +47,7 @@ class LinearHead(nn.Linear):
         return super().forward(z)
 
     def direction(self, index: int) -> torch.Tensor:
-        """Unit manipulation direction w_c / ||w_c|| of output `index` (REFERENCE.md 2.5). -> [latent_dim]."""
+        """Unit manipulation direction w_c / ||w_c|| of output `index` (docs/protocol.md §2.5). -> [latent_dim]."""
         if not 0 <= index < self.out_features:
             raise ValueError(f"LinearHead.direction: index {index} not in [0, {self.out_features})")
         w = self.weight[index]
@@ -87,7 +88,7 @@ def unit_normalize(f: torch.Tensor) -> torch.Tensor:
     return f / (f.pow(2).sum(dim=1, keepdim=True).sqrt() + _UNIT_NORM_EPS)
 
 
-# Small CNN classifier whose penultimate layer is the `domain` FID feature (DESIGN.md 6).
+# Small CNN classifier whose penultimate layer is the `domain` FID feature (docs/protocol.md §5.10).
 class FeatureNet(nn.Module):
     """Stages of [Conv3x3, GN, SiLU] x 2, average-pooled x2 between stages; global average pool;
     `embed` = Linear(channels[-1], feature_dim) + SiLU (the FID feature); `classifier` = Linear -> logits.

@@ -1,6 +1,6 @@
 """Diff-AE (Preechakul et al., CVPR 2022): the z-conditioned U-Net and its half-U-Net semantic encoder.
 
-`DiffAEUNet` is the official `BeatGANsAutoencModel` (REFERENCE.md 2.2, 2.3): an ADM U-Net whose every
+`DiffAEUNet` is the official `BeatGANsAutoencModel` (docs/protocol.md §2.2, §2.3): an ADM U-Net whose every
 ResBlock (encoder half, middle and decoder, including the resampling ones) is conditioned on the time
 embedding and, scale-only, on the semantic code z; its `encoder` submodule is `DiffAEEncoder`
 (`BeatGANsEncoderModel`: a half U-Net without time input, pooled to z).
@@ -47,7 +47,7 @@ __all__ = [
 
 # Diff-AE ResBlock with two conditions (official `ResBlock` with `two_cond=True`, `apply_conditions`).
 class CondResBlock(ResBlock):
-    """ADM ResBlock whose AdaGN is also scaled by z (REFERENCE.md 2.3):
+    """ADM ResBlock whose AdaGN is also scaled by z (official Diff-AE code, model/blocks.py `apply_conditions`):
 
     h = (GN(h) * (1 + t_s) + t_b) * (1 + z_s),  [t_s, t_b] = emb_layers(emb),
     z_s = cond_emb_layers(z) = Linear(SiLU(z)) -> C_out   (scale only, no z shift).
@@ -83,7 +83,7 @@ class CondResBlock(ResBlock):
 # Diff-AE encoder ResBlock (official `ResBlock` with `use_condition=False`: no emb_layers, no out_layers).
 class EncoderResBlock(nn.Module):
     """h = skip_connection(x) + Conv3x3(SiLU(GN(x))); with `down`, 2x2 average pooling of both the
-    residual branch (between SiLU and the conv) and x (REFERENCE.md 2.2).
+    residual branch (between SiLU and the conv) and x (official Diff-AE code, model/blocks.py `ResBlock`).
 
     :param channels: input channels C_in.
     :param out_channels: output channels C_out (default C_in; a 1x1 conv skip when they differ).
@@ -117,7 +117,7 @@ class EncoderResBlock(nn.Module):
 def attention_ds_from_resolutions(
     image_size: int, resolutions: Sequence[int], levels: int, where: str
 ) -> tuple[int, ...]:
-    """Diff-AE attention resolutions (feature-map sizes) -> ADM downsample factors (REFERENCE.md 2.1).
+    """Diff-AE attention resolutions (feature-map sizes) -> ADM downsample factors (docs/protocol.md §2.1).
 
     E.g. image_size 128, resolutions (16,) -> (8,). Raises when a resolution is never reached.
     """
@@ -181,7 +181,7 @@ def _check_image(x: torch.Tensor, channels: int, image_size: int, where: str) ->
 # Diff-AE semantic encoder (official `BeatGANsEncoderModel`, pool 'adaptivenonzero', no time condition).
 class DiffAEEncoder(nn.Module):
     """z = Enc(x0): half U-Net without time input, then GN, SiLU, global average pool, 1x1 conv -> z
-    (REFERENCE.md 2.2). Deterministic, no output normalisation.
+    (official Diff-AE code, model/unet.py `BeatGANsEncoderModel`). Deterministic, no output normalisation.
 
     Presets:
       FFHQ128 (Diff-AE `ffhq128_autoenc_base`): base 128, channel_mult (1,1,2,3,4,4), 2 res blocks,
@@ -272,7 +272,7 @@ class DiffAEEncoder(nn.Module):
 
 # Diff-AE autoencoder (official `BeatGANsAutoencModel`, `resnet_two_cond=True`, `resblock_updown=True`).
 class DiffAEUNet(nn.Module):
-    """eps_theta(x_t, t, z) with z = encoder(x0) (REFERENCE.md 2.3).
+    """eps_theta(x_t, t, z) with z = encoder(x0) (official Diff-AE code, model/unet_autoenc.py).
 
     Time: sinusoidal(base_channels) -> Linear(base, E) -> SiLU -> Linear(E, E). Every ResBlock is a
     `CondResBlock`; z enters raw (`style` is the identity in Diff-AE) through each block's
@@ -442,7 +442,7 @@ class DiffAEUNet(nn.Module):
         return self.out(h)
 
 
-# Official Diff-AE key prefix -> ours (REFERENCE.md 3.4); everything else is identical.
+# Official Diff-AE key prefix -> ours (docs/protocol.md §3.4); everything else is identical.
 DIFFAE_KEY_RENAMES: tuple[tuple[str, str], ...] = (("time_embed.time_embed.", "time_embed."),)
 _DIFFAE_MODULES = ("time_embed.", "input_blocks.", "middle_block.", "output_blocks.", "out.", "encoder.")
 

@@ -1,6 +1,7 @@
 """PDAE's semantic encoder E_phi: stacked stride-2 convolutions and a linear head (Zhang, Zhao & Lin,
-NeurIPS 2022; REFERENCE.md 2.2). One class for every image size; the official per-dataset files are
-presets of it, with the same layer order and hence the same state-dict keys (`encoder.{i}.*`).
+NeurIPS 2022; official PDAE code, model/representation_learning/encoder/*.py). One class for every image
+size; the official per-dataset files are presets of it, with the same layer order and hence the same
+state-dict keys (`encoder.{i}.*`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pdae.nets.layers import AttentionBlock, normalization
 
 __all__ = ["SemanticEncoder"]
 
-FINAL_RESOLUTION = 4  # the conv stack stops at 4 x 4 (REFERENCE.md 2.2)
+FINAL_RESOLUTION = 4  # the conv stack stops at 4 x 4 (docs/protocol.md §2.2)
 
 
 class SemanticEncoder(nn.Module):
@@ -25,7 +26,7 @@ class SemanticEncoder(nn.Module):
     `attention_resolutions`, then GN32, SiLU, flatten, Linear -> latent_dim. Deterministic, no time
     input, no output normalisation.
 
-    Presets (REFERENCE.md 2.2):
+    Presets (docs/protocol.md §2.2, §2.6):
       128 px (FFHQ, CelebA-HQ, Horse, Bedroom): channels (64, 128, 256, 256, 256) -> 3,914,240 params.
       64 px (CelebA64):                         channels (64, 128, 128, 128)      -> 1,487,104 params.
       32 px / 16 px (small runs): e.g. (32, 64, 64) / (32, 64), attention at 16 / none.

@@ -2,7 +2,7 @@
 
 A new middle block + decoder + output layer, fed by the skip features and time embedding of a frozen
 pre-trained DPM (any `FrozenPrior`) and conditioned on the semantic code z through a double AdaGN
-(REFERENCE.md 2.3). Parameter names equal the official `ShiftUNet`'s new parts (`label_emb`,
+(paper Eq. 9; docs/protocol.md §2.3). Parameter names equal the official `ShiftUNet`'s new parts (`label_emb`,
 `shift_middle_block`, `shift_output_blocks`, `shift_out`); the prior is held, not copied.
 """
 
@@ -24,7 +24,8 @@ NEW_PART_PREFIXES = ("label_emb.", "shift_middle_block.", "shift_output_blocks."
 
 
 class ResBlockShift(ResBlock):
-    """ResBlock with a second, z-driven scale-shift after the time AdaGN (REFERENCE.md 2.3, Eq. 9).
+    """ResBlock with a second, z-driven scale-shift after the time AdaGN (paper Eq. 9; official PDAE code,
+    model/module.py `ResBlockShift`).
 
     h = (1 + z_s) * (GN(h) * (1 + t_s) + t_b) + z_b, with [t_s, t_b] = emb_layers(emb) and
     [z_s, z_b] = emb_z_layers(emb_z) = Linear(SiLU(emb_z)) (E -> 2 C_out). The paper writes
@@ -57,9 +58,9 @@ class ResBlockShift(ResBlock):
 class GradientEstimator(nn.Module):
     """G_psi(x_t, z, t) on top of a frozen prior; `forward` returns (eps_theta, G) in one pass.
 
-    New trainable parts, built from `prior.feature_layout()` (REFERENCE.md 2.3):
+    New trainable parts, built from `prior.feature_layout()` (docs/protocol.md §2.3):
       label_emb           Linear(latent_dim -> E) (z embedding), or Embedding(num_classes, E) for the
-                          class-conditional variant (REFERENCE.md 5.8); E = the prior's embedding width.
+                          class-conditional variant (docs/protocol.md §5.8); E = the prior's embedding width.
       shift_middle_block  ResBlockShift, AttentionBlock, ResBlockShift.
       shift_output_blocks the prior's decoder layout with ResBlockShift.
       shift_out           GN, SiLU, zero-init Conv3x3 -> eps channels (so G == 0 at initialisation).

@@ -1,7 +1,7 @@
 """The latent DPM's eps-network: the skip-connected MLP "MLPSkipNet" of Diff-AE (Preechakul et al. 2022),
 reused unchanged by PDAE (Zhang, Zhao & Lin 2022) for unconditional sampling and few-shot generation.
 
-State-dict keys and shapes equal the official `MLPSkipNet` of both repositories (REFERENCE.md 2.4):
+State-dict keys and shapes equal the official `MLPSkipNet` of both repositories (docs/protocol.md §2.4):
 `time_embed.{0,2}.*`, `layers.{i}.linear.*`, `layers.{i}.linear_emb.*`, `layers.{i}.cond_layers.1.*`
 (the same Linear registered twice, as in the official code) and `layers.{i}.norm.*`. A Diff-AE latent
 checkpoint's `latent_net.*` entries therefore load after stripping the prefix
@@ -27,7 +27,7 @@ DIFFAE_LATENT_PREFIX = "latent_net."  # prefix of the latent DPM inside a Diff-A
 
 # One layer of MLPSkipNet (official `MLPLNAct`): Linear, x * (1 + Linear(SiLU(t_emb))), LayerNorm, SiLU.
 class LatentMLPLayer(nn.Module):
-    """h = Dropout(SiLU(LN(Linear(x) * (1 + linear_emb(SiLU(t_emb)))))) (REFERENCE.md 2.4).
+    """h = Dropout(SiLU(LN(Linear(x) * (1 + linear_emb(SiLU(t_emb)))))) (official PDAE code, model/mlp_skip_net.py).
 
     The last layer of the MLP is a plain Linear (`conditioned=False`: no time scale, no norm, no
     activation). Linear layers followed by SiLU get Kaiming-normal weights (fan-in, ReLU gain, as the
@@ -74,7 +74,7 @@ class LatentMLPLayer(nn.Module):
 
 # The latent DPM eps-network: `MLPSkipNet` of Diff-AE and PDAE (condition_bias 1, skips at layers >= 1).
 class LatentMLP(nn.Module):
-    """eps_omega(z_t, t) for the latent DPM (REFERENCE.md 2.4, 1.8).
+    """eps_omega(z_t, t) for the latent DPM (docs/protocol.md §2.4, §1.8).
 
     Time: sinusoidal(time_dim) -> Linear(time_dim, time_out) -> SiLU -> Linear(time_out, time_out).
     Layer 0: latent_dim -> hidden; layers 1 .. L-2: concat(h, z_t) (hidden + latent_dim) -> hidden;
@@ -155,7 +155,7 @@ class LatentMLP(nn.Module):
 def diffae_latent_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The `latent_net.*` entries of a Diff-AE state dict (`ema_model.` already stripped), prefix removed.
 
-    The result loads strictly into `LatentMLP` built with the checkpoint's sizes (REFERENCE.md 2.4, 3.4).
+    The result loads strictly into `LatentMLP` built with the checkpoint's sizes (docs/protocol.md §2.4, §3.4).
     PDAE latent checkpoints (`ema_latent_denoise_fn`) need no mapping at all.
     """
     out = {

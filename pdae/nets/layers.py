@@ -1,7 +1,7 @@
 """Building blocks of the ADM-style U-Net (Dhariwal & Nichol 2021) used by PDAE and Diff-AE.
 
 One copy of every layer shared by `unet.py`, `encoder.py`, `gradient_estimator.py` and the Diff-AE
-networks. Module attribute names reproduce the official state-dict keys (REFERENCE.md 2.1, 3.2):
+networks. Module attribute names reproduce the official state-dict keys (docs/protocol.md §2.1, §3.2):
 `in_layers.{0,2}`, `emb_layers.1`, `out_layers.{0,3}`, `skip_connection`, `norm`, `qkv`, `proj_out`.
 
 Notation: emb -> time embedding [N, E]; emb_z -> embedded semantic code z (PDAE) [N, E];
@@ -28,11 +28,11 @@ __all__ = [
     "zero_module",
 ]
 
-GROUPNORM_GROUPS = 32  # every official GroupNorm has 32 groups (REFERENCE.md 2.1)
+GROUPNORM_GROUPS = 32  # every official GroupNorm has 32 groups (docs/protocol.md §2.1)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal timestep embedding, [cos, sin] order as in ADM (REFERENCE.md 2.1).
+    """Sinusoidal timestep embedding, [cos, sin] order as in ADM (official PDAE code, model/module.py).
 
     freq_k = max_period^(-k / (dim // 2)), k = 0 .. dim//2 - 1; emb = [cos(t * freq), sin(t * freq)],
     zero-padded by one column when `dim` is odd. Computed in float32.
@@ -104,7 +104,7 @@ class EmbedSequential(nn.Sequential):
 
 
 class ResBlock(EmbeddingBlock):
-    """ADM residual block with adaptive GroupNorm on the time embedding (REFERENCE.md 2.1).
+    """ADM residual block with adaptive GroupNorm on the time embedding (official PDAE code, model/module.py).
 
     h = in_layers(x)                    (GN, SiLU, [up/down], Conv3x3)
     [s, b] = emb_layers(emb)            (SiLU, Linear(E -> 2 C_out))
@@ -212,7 +212,7 @@ def _softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tor
 
 
 class AttentionBlock(nn.Module):
-    """Spatial self-attention with a residual connection (ADM `AttentionBlock`, REFERENCE.md 2.1).
+    """Spatial self-attention with a residual connection (ADM `AttentionBlock`; official PDAE code, model/module.py).
 
     h = x + proj_out(attention(qkv(GN(x)))) with qkv a 1x1 Conv1d C -> 3C and proj_out zero-initialised.
 

@@ -1,7 +1,7 @@
 """The frozen-prior interface: what PDAE's gradient estimator needs from a pre-trained DPM.
 
 PDAE (Zhang, Zhao & Lin, NeurIPS 2022) reuses the pre-trained eps-network's time embedding and encoder
-half, and trains a new middle + decoder path fed by the same skip features (REFERENCE.md 2.3). A frozen
+half, and trains a new middle + decoder path fed by the same skip features (docs/protocol.md §2.3). A frozen
 prior is therefore anything that can
   (a) `encode_features(x_t, t, y)`: run its time embedding, input convolution and encoder half once,
       returning the middle-block input, the skip features and the embedding (`PriorFeatures`);
@@ -79,7 +79,7 @@ class FeatureLayout:
         return self.in_channels
 
     def output_block_specs(self) -> list[OutputBlockSpec]:
-        """The decoder plan, one spec per skip consumed (REFERENCE.md 2.1 `output_blocks`)."""
+        """The decoder plan, one spec per skip consumed (docs/protocol.md §2.1 `output_blocks`)."""
         levels = len(self.channel_mult)
         n_blocks = levels * (self.num_res_blocks + 1)
         if len(self.skip_channels) != n_blocks or len(self.skip_ds) != n_blocks:

@@ -1,7 +1,7 @@
 """The pre-trained DPM: an ADM-style eps-prediction U-Net (Dhariwal & Nichol 2021) as used by PDAE.
 
-State-dict keys and shapes equal the official PDAE `UNet` (REFERENCE.md 2.1, 3.2), so published
-`ema_denoise_fn` checkpoints (and Diff-AE DDIM baselines with the `ema_model.` prefix stripped, 3.4)
+State-dict keys and shapes equal the official PDAE `UNet` (model/unet.py; docs/protocol.md §3.2), so published
+`ema_denoise_fn` checkpoints (and Diff-AE DDIM baselines with the `ema_model.` prefix stripped, §3.4)
 load without renaming. Implements `FrozenPrior` so PDAE's gradient estimator reuses its encoder half.
 """
 
@@ -25,7 +25,7 @@ from pdae.nets.prior import FeatureLayout, FrozenPrior, PriorFeatures
 
 __all__ = ["UNet", "OFFICIAL_CONFIG_KEYS"]
 
-# official `denoise_fn_config` key -> our constructor argument (REFERENCE.md 3.1)
+# official `denoise_fn_config` key -> our constructor argument (docs/protocol.md §3.1)
 OFFICIAL_CONFIG_KEYS: dict[str, str] = {
     "input_channel": "in_channels",
     "base_channel": "base_channels",
@@ -41,9 +41,9 @@ _OFFICIAL_OPTIONAL_KEYS: dict[str, str] = {"learn_sigma": "learn_sigma", "num_cl
 
 
 class UNet(FrozenPrior):
-    """ADM U-Net predicting eps(x_t, t) (REFERENCE.md 2.1).
+    """ADM U-Net predicting eps(x_t, t) (docs/protocol.md §2.1).
 
-    Presets (REFERENCE.md 2.1 table):
+    Presets (docs/protocol.md §2.1 table):
       128 px FFHQ/Horse/Bedroom: base 128, mult (1,1,2,3,4), 2 res blocks, attention_ds (8,), 1 head,
                                  dropout 0.1 -> 98,618,499 parameters, 432 keys.
       MNIST (32 px, 1 channel):  base 64, mult (1,2,2,4), 2 res blocks, attention_ds (), dropout 0
@@ -171,7 +171,7 @@ class UNet(FrozenPrior):
 
     @classmethod
     def from_official_config(cls, denoise_fn_config: Mapping[str, Any]) -> UNet:
-        """Build from the official `config.yml` `denoise_fn_config` mapping (REFERENCE.md 3.1).
+        """Build from the official `config.yml` `denoise_fn_config` mapping (docs/protocol.md §3.1).
 
         Extra keys (`model`, ...) are ignored; `dims` must be 2 when present.
         """

@@ -26,7 +26,7 @@ rule compute_ref_stats:
 
 
 rule evaluate_reconstruction:
-    """Table 1 (+ Fig. 6 for PDAE): SSIM / LPIPS / MSE, random and inferred x_T, DDIM steps."""
+    """Table 1 (+ Fig. 6 for PDAE): SSIM / LPIPS or feat_dist / MSE, random and inferred x_T, DDIM steps; unrelated-pair floor."""
     input:
         model=recon_model,
         backend=backend_inputs,
