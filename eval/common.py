@@ -155,12 +155,24 @@ def backend_from_args(args: argparse.Namespace, device: str | torch.device = "cp
     return domain_backend(load_method(args.feature_net, device).net).to(device)
 
 
-# What each command-line model flag accepts (method names of pdae.methods).
-MODEL_KINDS = {
-    "autoencoder": (("pdae", "diffae"), "pdae or diffae"),
-    "latent": (("latent",), "a latent DPM"),
-    "classifier": (("classifier",), "a latent classifier"),
-    "dpm": (("dpm",), "a plain DPM"),
+def is_image_decoder(method: Any) -> bool:
+    """A diffusion model of images, which `eval.sample.decode` runs: the plain DPM, PDAE (also class-conditional)
+    and Diff-AE (capabilities of `pdae.methods.Method`)."""
+    return bool(getattr(method, "is_diffusion", False)) and getattr(method, "input_kind", None) == "images"
+
+
+def can_reconstruct(method: Any) -> bool:
+    """An image decoder whose condition, if any, is its own code z = E(x0): PDAE and Diff-AE, and the plain DPM
+    (DDIM inversion alone). The models of the reconstruction table (paper Table 1) and of the gap (Fig. 1/5)."""
+    return is_image_decoder(method) and method.conditioning in ("none", "z")
+
+
+# What each command-line model flag accepts: a test on the capabilities of `pdae.methods.Method`.
+MODEL_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "autoencoder": (lambda m: m.has_encoder, "pdae or diffae"),
+    "latent": (lambda m: m.is_diffusion and m.input_kind == "latents", "a latent DPM"),
+    "classifier": (lambda m: not m.is_diffusion and m.input_kind == "latents", "a latent classifier"),
+    "dpm": (lambda m: is_image_decoder(m) and m.conditioning == "none", "a plain DPM"),
 }
 
 
@@ -170,11 +182,11 @@ def load_model(folder: str, flag: str, device: str | torch.device = "cpu", compa
     from pdae.methods import load_method
 
     method = load_method(folder, device)
-    names, description = MODEL_KINDS[flag]
-    if method.name not in names:
+    accepts, description = MODEL_KINDS[flag]
+    if not accepts(method):
         raise ValueError(f"{folder}: --{flag} must be {description}, got {method.name!r}")
-    if companion_of is not None and int(method.stats.mean.shape[0]) != int(companion_of.latent_dim):
-        raise ValueError(f"{folder}: latent dim {int(method.stats.mean.shape[0])} != "
+    if companion_of is not None and int(method.latent_dim) != int(companion_of.latent_dim):
+        raise ValueError(f"{folder}: latent dim {int(method.latent_dim)} != "
                          f"the autoencoder's {companion_of.latent_dim}")
     return method
 

@@ -87,7 +87,7 @@ def interpolation_frames(
     L = len(lams); the recon_* are the plain inferred-x_T reconstructions (DDIM from x_T under z). Frames are not
     clamped (the "paper" DDIM output already is).
     """
-    if method.name not in ("pdae", "diffae"):
+    if not method.has_encoder:
         raise ValueError(f"interpolate needs a pdae or diffae model, got {method.name!r}")
     if x_a.shape != x_b.shape:
         raise ValueError(f"interpolate: image batches differ in shape, {tuple(x_a.shape)} vs {tuple(x_b.shape)}")
@@ -104,7 +104,7 @@ def interpolation_frames(
         x_T_lam = slerp(xT_a, xT_b, float(lam))
         frames_z.append(decode(method, lerp(z_a, z_b, float(lam)), x_T_lam, steps, convention=convention,
                                batch_size=batch_size))
-        if method.name == "pdae":
+        if method.has_shift:
             frames_g.append(_decode_g_lerp(method, z_a, z_b, float(lam), x_T_lam, steps, convention, batch_size))
     out["z_lerp"] = torch.stack(frames_z, dim=1)
     if frames_g:
@@ -313,14 +313,14 @@ def run_truncation(args: argparse.Namespace) -> int:
 
     device = common.resolve_device(args.device)
     method = load_method(args.model, device)
-    if method.name != "pdae_class":
+    if method.conditioning != "label":
         raise ValueError(f"{args.model}: --model must be a class-conditional PDAE (pdae_class), got {method.name!r}")
     if not args.feature_net:
         raise ValueError("truncation: --feature-net DIR is required (class accuracy of the samples)")
     feature_net = load_method(args.feature_net, device)
-    num_classes = int(method.estimator.config["num_classes"])
-    if int(feature_net.net.config["num_classes"]) != num_classes:
-        raise ValueError(f"{args.feature_net}: feature net has {feature_net.net.config['num_classes']} classes, "
+    num_classes = int(method.num_classes)
+    if feature_net.num_classes != num_classes:
+        raise ValueError(f"{args.feature_net}: feature net has {feature_net.num_classes} classes, "
                          f"the model {num_classes}")
     spec = common.data_spec(method, args.data)
     backend = common.backend_from_args(args, device)

@@ -349,7 +349,7 @@ def evaluate_model(folder: str | Path, x0: Tensor, *, steps: int, seed: int, bat
     from pdae.methods import load_method
 
     method = load_method(folder, device)
-    if method.name not in ("pdae", "diffae"):
+    if not method.has_encoder:
         raise ValueError(f"{folder}: method {method.name!r} is not an autoencoder (pdae or diffae expected)")
     fn = reconstruct or reconstruct_random_xT
     x_rec = fn(method, x0, steps=steps, seed=seed, batch_size=batch_size)
@@ -542,7 +542,7 @@ def ablation_records(run_dirs: Sequence[str | Path], *, steps: int = 20, num_ima
         folder = snapshot_at(run, images)
         method, per_image = evaluate_model(folder, x0, steps=steps, seed=seed, batch_size=batch_size, device=device,
                                            metrics=("ssim", "mse"), reconstruct=reconstruct)
-        if method.name != "pdae":
+        if not method.has_shift:  # an autoencoder (evaluate_model) with G over a frozen prior: PDAE
             raise ValueError(f"{folder}: the weighting ablation compares PDAE runs, got {method.name!r}")
         prov = provenance(method)
         cols = {"table": "ablation", "weighting": method.method_kwargs.get("weighting", "snr"), "steps": steps}

@@ -311,7 +311,7 @@ def stream_seed(seed: int, scenario: str, k: int) -> int:
 def _latent_drawer(latent: Any, steps: int, seed: int, convention: str,
                    precision: str = "fp32") -> Callable[[int], Tensor]:
     """draw_fn(k): the next k raw z from the latent DPM; draw i always uses z_T = latent_noise(i, seed)."""
-    dim = int(latent.stats.mean.shape[0])
+    dim = int(latent.latent_dim)
     state = {"next": 0}
 
     def draw(k: int) -> Tensor:

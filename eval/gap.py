@@ -31,8 +31,9 @@ from torch import Tensor
 
 from eval import common, metrics
 from eval.sample import model_device, write_arrays
-from pdae.diffusion.gaussian import posterior_mean, q_sample, shift_eps, x0_from_eps
+from pdae.diffusion.gaussian import posterior_mean, q_sample, x0_from_eps
 from pdae.diffusion.schedule import Schedule
+from pdae.methods.base import EpsPrediction
 
 # Small timesteps added to the every-`stride` grid (the gap changes fastest near t = 0).
 SMALL_TIMESTEPS = (1, 2, 5)
@@ -133,42 +134,38 @@ class GapModel(NamedTuple):
 
 
 def gap_model(method: Any) -> GapModel:
-    """The eps whose posterior mean the gap measures: DPM eps_theta; PDAE eps_theta + shift_coef_t G
-    (the coefficient of the training loss, paper Eq. 7); Diff-AE its conditional eps(x_t, t, z)."""
-    if method.name == "dpm":
-        eps_fn, _ = method.denoiser()
-        return GapModel(method, lambda x_t, t, z: eps_fn(x_t, t), False)
-    if method.name == "pdae":
-        return GapModel(method, lambda x_t, t, z: shift_eps(method.schedule, t, *method.estimator(x_t, t, z)), True)
-    if method.name == "diffae":
-        return GapModel(method, lambda x_t, t, z: method.denoiser(z)[0](x_t, t), True)
-    raise ValueError(f"the gap is defined for dpm, pdae and diffae models, got {method.name!r}")
+    """The eps whose posterior mean the gap measures, `method.predict_eps(x_t, t, z).eps_hat`: DPM eps_theta;
+    PDAE eps_theta + shift_coef_t G (the coefficient of the training loss, paper Eq. 7); Diff-AE its conditional
+    eps(x_t, t, z). z = E(x0) for a model with an encoder, None for the plain DPM."""
+    if not common.can_reconstruct(method):
+        raise ValueError(f"the gap is defined for dpm, pdae and diffae models, got {method.name!r}")
+    return GapModel(method, lambda x_t, t, z: method.predict_eps(x_t, t, z).eps_hat, bool(method.has_encoder))
 
 
 def prior_gap_model(pdae: Any) -> GapModel:
-    """eps_theta of the frozen prior inside a PDAE model (the DPM the paper compares against)."""
-    est = pdae.estimator
-    return GapModel(pdae, lambda x_t, t, z: est.prior_eps(est.features(x_t, t)), False)
+    """eps_theta of the frozen prior inside a PDAE model (the DPM the paper compares against): its eps estimate
+    without a condition."""
+    return GapModel(pdae, lambda x_t, t, z: pdae.predict_eps(x_t, t).eps, False)
 
 
 def pdae_gap_models(pdae: Any) -> dict[str, GapModel]:
     """{"dpm": the frozen prior, "pdae": eps_theta + shift_coef G} sharing one network pass per batch.
 
-    Both call the estimator once for a given (x_t, t): the last result is reused when `measure_gap` asks the
-    second model about the same inputs (checked with torch.equal).
+    Both use one `predict_eps(x_t, t, z)` (one pass of the estimator) for a given (x_t, t): the last result is
+    reused when `measure_gap` asks the second model about the same inputs (checked with torch.equal).
     """
     last: dict[str, Any] = {}
 
-    def both(x_t: Tensor, t: Tensor, z: Tensor | None) -> tuple[Tensor, Tensor]:
+    def both(x_t: Tensor, t: Tensor, z: Tensor | None) -> EpsPrediction:
         key = last.get("key")
         if key is None or key[0].shape != x_t.shape or not (torch.equal(key[0], x_t) and torch.equal(key[1], t)
                                                             and torch.equal(key[2], z)):
-            last["key"], last["out"] = (x_t, t, z), pdae.estimator(x_t, t, z)
+            last["key"], last["out"] = (x_t, t, z), pdae.predict_eps(x_t, t, z)
         return last["out"]
 
     return {
-        "dpm": GapModel(pdae, lambda x_t, t, z: both(x_t, t, z)[0], True),
-        "pdae": GapModel(pdae, lambda x_t, t, z: shift_eps(pdae.schedule, t, *both(x_t, t, z)), True),
+        "dpm": GapModel(pdae, lambda x_t, t, z: both(x_t, t, z).eps, True),
+        "pdae": GapModel(pdae, lambda x_t, t, z: both(x_t, t, z).eps_hat, True),
     }
 
 
@@ -275,10 +272,10 @@ def denoise_one_step(pdae: Any, x0: Tensor, timesteps: list[int], noise: Tensor)
         for tau in timesteps:
             t = torch.full((x0.shape[0],), int(tau), dtype=torch.long, device=dev)
             x_t = q_sample(pdae.schedule, x0, t, noise)
-            eps, g = pdae.estimator(x_t, t, z)
+            pred = pdae.predict_eps(x_t, t, z)
             rows["x_t"].append(x_t)
-            rows["x0_dpm"].append(x0_from_eps(pdae.schedule, x_t, t, eps))
-            rows["x0_pdae"].append(x0_from_eps(pdae.schedule, x_t, t, shift_eps(pdae.schedule, t, eps, g)))
+            rows["x0_dpm"].append(x0_from_eps(pdae.schedule, x_t, t, pred.eps))
+            rows["x0_pdae"].append(x0_from_eps(pdae.schedule, x_t, t, pred.eps_hat))
     return {k: torch.stack(v, dim=1).float().cpu() for k, v in rows.items()}
 
 
@@ -294,7 +291,7 @@ def shift_pictures(pdae: Any, x0: Tensor, timesteps: list[int], noise: Tensor) -
             t = torch.full((x0.shape[0],), int(tau), dtype=torch.long, device=dev)
             x_t = q_sample(pdae.schedule, x0, t, noise)
             rows["x_t"].append(x_t)
-            rows["shift"].append(pdae.estimator(x_t, t, z)[1])
+            rows["shift"].append(pdae.predict_eps(x_t, t, z).shift)
     return {k: torch.stack(v, dim=1).float().cpu() for k, v in rows.items()}
 
 
@@ -312,7 +309,7 @@ def _load_pdae(path: str, device: torch.device) -> Any:
     from pdae.methods import load_method
 
     method = load_method(path, device)
-    if method.name != "pdae":
+    if not (method.has_encoder and method.has_shift):
         raise ValueError(f"{path}: expected a pdae model, got {method.name!r}")
     return method
 
@@ -330,7 +327,7 @@ def run_gap(args: argparse.Namespace) -> int:
         models = pdae_gap_models(pdae)
     if args.diffae:
         diffae = load_method(args.diffae, device)
-        if diffae.name != "diffae":
+        if not diffae.has_encoder or diffae.has_shift:
             raise ValueError(f"{args.diffae}: --diffae must be a diffae model, got {diffae.name!r}")
         models["diffae"] = gap_model(diffae)
     T = pdae.schedule.T

@@ -44,8 +44,6 @@ DDPM_SEED_OFFSET = 700_000
 RECON_METRICS = ("ssim", "lpips", "feat_dist", "mse")
 # Method label of the unrelated-pair floor rows.
 UNRELATED_LABEL = "unrelated"
-# Method label of each model kind in the `recon` records.
-METHOD_LABELS = {"pdae": "pdae", "diffae": "diffae", "dpm": "ddim"}
 
 NOTES = (
     "Table 1 protocol (paper 4.3): first num_images held-out images; z = E(x0) once; random x_T per image "
@@ -137,7 +135,7 @@ def recon_settings(
 def latent_dim_of(method: Any, x_T_mode: str, image_shape: tuple[int, ...]) -> int:
     """Table 1 "latent dim": |z| (random x_T), |z| + C*H*W (inferred), C*H*W for inferred plain DDIM, 0 for random."""
     pixels = math.prod(image_shape)
-    z_dim = int(method.latent_dim) if method.name in ("pdae", "diffae") else 0
+    z_dim = int(method.latent_dim or 0)  # None: no z (the plain DPM)
     return z_dim + (pixels if x_T_mode == "inferred" else 0)
 
 
@@ -150,9 +148,9 @@ def infer_x_T(
     PDAE: eps_theta with the shift G(x_t, z, t) on every step; Diff-AE: eps(x_t, t, z); plain DPM (z None): eps.
     """
     device = model_device(method)
-    if method.name == "dpm" and z is not None:
+    if method.conditioning == "none" and z is not None:
         raise ValueError("infer_x_T: a plain DPM takes no z")
-    if method.name in ("pdae", "diffae") and z is None:
+    if method.has_encoder and z is None:
         raise ValueError(f"infer_x_T: method {method.name} needs z = encode(x0)")
     out = []
     with torch.no_grad():
@@ -165,8 +163,8 @@ def infer_x_T(
 
 
 def encode_all(method: Any, x0: Tensor, batch_size: int = 64) -> Tensor | None:
-    """z = E(x0) [N, D] (CPU) for PDAE / Diff-AE, None for the plain DPM."""
-    if method.name == "dpm":
+    """z = E(x0) [N, D] (CPU) for PDAE / Diff-AE, None for the plain DPM (no encoder)."""
+    if not method.has_encoder:
         return None
     device = model_device(method)
     with torch.no_grad():
@@ -280,8 +278,7 @@ def recon_records(
 ) -> list[dict[str, Any]]:
     """`recon` rows (record vocabulary of eval_context): one per (setting, metric); value = mean over images,
     `values` = the per-image scores (image order of x0), `units` = "images"."""
-    label = METHOD_LABELS[method.name]
-    prov = common.provenance(method, label, eval_seed=eval_seed)
+    prov = common.provenance(method, method.record_label, eval_seed=eval_seed)
     rows = []
     for s, per_image in settings_metrics.items():
         cols = dict(table="recon", steps=s.steps, sampler=s.sampler, x_T=s.x_T,
@@ -300,7 +297,7 @@ def run(args: argparse.Namespace) -> int:
 
     device = common.resolve_device(args.device)
     method = load_method(args.model, device)
-    if method.name not in METHOD_LABELS:
+    if not common.can_reconstruct(method):
         raise ValueError(f"{args.model}: reconstruct needs a pdae, diffae or dpm model, got {method.name!r}")
     if args.num_images < 1:
         raise ValueError(f"--num-images must be >= 1, got {args.num_images}")
@@ -308,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
     x0, _, ds = common.eval_images(spec, args.num_images)
     backend = common.backend_from_args(args, device)
     # DDPM decoding is Fig. 6's autoencoder experiment; for the plain DPM it would be unconditional sampling.
-    settings = recon_settings(args.steps, args.x_T, args.encode_steps, args.ddpm and method.name != "dpm",
+    settings = recon_settings(args.steps, args.x_T, args.encode_steps, args.ddpm and method.has_encoder,
                               method.schedule.T)
     recs = reconstruct_all(method, x0, settings, seed=args.seed, convention=args.convention,
                            batch_size=args.batch_size)
@@ -334,7 +331,7 @@ def run(args: argparse.Namespace) -> int:
         }
         for metric in ordered_metrics(per_setting[settings[0]]):
             arrays[f"per_image_{metric}"] = torch.stack([per_setting[s][metric] for s in settings])  # [S, N]
-        write_arrays(args.arrays, arrays, **common.provenance(method, METHOD_LABELS[method.name]), table="recon",
+        write_arrays(args.arrays, arrays, **common.provenance(method, method.record_label), table="recon",
                      backend=backend.name, **meta)
     return 0
 

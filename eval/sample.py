@@ -124,11 +124,11 @@ def sample_latents(
     Returns:
         z  # [n, D] float32 on the latent DPM's device
     """
-    if getattr(latent, "name", None) != "latent":
+    if not (getattr(latent, "is_diffusion", False) and getattr(latent, "input_kind", None) == "latents"):
         got = getattr(latent, "name", type(latent).__name__)
         raise ValueError(f"sample_latents needs a latent DPM, got method {got!r}")
     _check_steps(steps)
-    dim = int(latent.stats.mean.shape[0])
+    dim = int(latent.latent_dim)
     if z_T is None:
         if generator is None:
             raise ValueError("sample_latents: pass a generator or z_T")
@@ -184,15 +184,15 @@ def decode(
         images  # [N, C, H, W] float32 on the CPU ("paper" DDIM: in [-1, 1]; "current"/DDPM may overshoot)
     """
     name = getattr(method, "name", None)
-    if name not in ("dpm", "pdae", "pdae_class", "diffae"):
+    if not common.is_image_decoder(method):
         raise ValueError(f"decode: method {name!r} is not an image decoder (dpm, pdae, pdae_class, diffae)")
     if sampler not in ("ddim", "ddpm"):
         raise ValueError(f"decode: sampler must be ddim or ddpm, got {sampler!r}")
     if sampler == "ddim":
         _check_steps(steps)
-    if name == "dpm" and z is not None:
+    if method.conditioning == "none" and z is not None:
         raise ValueError("decode: a plain DPM takes no condition z (pass z=None)")
-    if name in ("diffae", "pdae_class") and z is None:
+    if not method.condition_optional and z is None:
         raise ValueError(f"decode: method {name} needs a condition z")
     if z is not None and z.shape[0] != x_T.shape[0]:
         raise ValueError(f"decode: z has {z.shape[0]} rows but x_T has {x_T.shape[0]}")
@@ -244,7 +244,7 @@ def sample_unconditional(
     shape = shape or image_shape(decoder)
     x_T = common.image_noise(shape, range(n), seed)
     z = None
-    if decoder.name == "dpm":
+    if decoder.conditioning == "none":
         if latent is not None:
             raise ValueError("a plain DPM samples without a latent DPM")
         samples = decode(decoder, None, x_T, steps, convention=convention, batch_size=batch_size,
@@ -252,7 +252,7 @@ def sample_unconditional(
     else:
         if latent is None:
             raise ValueError(f"method {decoder.name} needs its latent DPM (--latent DIR)")
-        z_T = latent_noise(n, int(latent.stats.mean.shape[0]), seed)
+        z_T = latent_noise(n, int(latent.latent_dim), seed)
         z = sample_latents(latent, n, steps, z_T=z_T, convention=convention, batch_size=max(batch_size, 256),
                            precision=precision)
         samples = decode(decoder, z, x_T, steps, stop_fraction, convention=convention, batch_size=batch_size,
@@ -397,13 +397,13 @@ def run_uncond(args: argparse.Namespace) -> int:
         raise ValueError("uncond: pass either --dpm DIR or --autoencoder DIR --latent DIR")
     if args.dpm is not None:
         decoder, latent = common.load_model(args.dpm, "dpm", device), None
-        label = "ddim"
     else:
         if args.latent is None:
             raise ValueError("uncond: --autoencoder needs --latent DIR (its latent DPM)")
         decoder = common.load_model(args.autoencoder, "autoencoder", device)
         latent = common.load_model(args.latent, "latent", device, companion_of=decoder)
-        label = decoder.name
+    label = decoder.record_label  # "ddim" for the plain DPM
+    plain = latent is None  # the plain DPM's run, which also writes the real-data rows
     backend = common.backend_from_args(args, device)
     cuda = device.type == "cuda"
     reference, _ = reference_stats(args.ref_stats, backend, kid=not args.no_kid)
@@ -413,11 +413,11 @@ def run_uncond(args: argparse.Namespace) -> int:
     # With the domain backend, also the share of samples its classifier is confident about (and, as the
     # reference, the share of real held-out images), a per-sample quality measure.
     classifier = load_method(args.feature_net, device).net if args.backend == "domain" else None
-    if classifier is not None and label == "ddim":
+    if classifier is not None and plain:
         real, _, _ = common.eval_images(common.data_spec(decoder, args.data), args.num_samples)
         rows.append(common.record({**prov, "method": "real"}, "confident", confident_fraction(classifier, real),
                                   backend.name, table="uncond", steps="-"))
-    if label == "ddim":
+    if plain:
         rows += real_floor_rows(args, common.data_spec(decoder, args.data), reference, backend, prov, cuda)
     for steps in args.steps:
         samples, z = sample_unconditional(decoder, latent, args.num_samples, steps, seed=args.seed,
@@ -439,7 +439,7 @@ def run_uncond(args: argparse.Namespace) -> int:
         row_labels.append(f"{label} T={steps}")
     meta = dict(notes=NOTES_UNCOND, convention=args.convention, num_samples=args.num_samples,
                 precision=precision_mod.resolve(args.precision, device),
-                stop_fraction=args.stop_fraction if label != "ddim" else "-", ref_stats=str(args.ref_stats),
+                stop_fraction=args.stop_fraction if not plain else "-", ref_stats=str(args.ref_stats),
                 latent=str(args.latent) if latent is not None else "-",
                 clip_latent=bool(latent.method_kwargs.get("clip_latent", False)) if latent is not None else "-")
     common.write_records(args.out, rows, **meta)

@@ -14,7 +14,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from eval import cli, common
 from eval.gap import (
@@ -34,6 +33,7 @@ from eval.gap import (
 )
 from eval.sample import sidecar_path
 from pdae.diffusion.schedule import Schedule
+from pdae.methods import Method
 from tests.test_eval_sample import perturb_shift, save_models, tiny_models
 
 LINEAR = Schedule.from_name("linear", 1000)
@@ -60,10 +60,12 @@ def exact_eps(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return (x_t - ab.sqrt() * C) / (1 - ab).sqrt()
 
 
-class StubPDAE(nn.Module):
-    """name "pdae": prior eps = 0, G = exact_eps / shift_coef_t (shift_coef from the schedule, in numpy)."""
+class StubPDAE(Method):
+    """A PDAE (its capabilities): prior eps = 0, G = exact_eps / shift_coef_t (shift_coef from the schedule, in
+    numpy)."""
 
     name = "pdae"
+    is_diffusion, has_encoder, conditioning, has_shift = True, True, "z", True
 
     def __init__(self) -> None:
         super().__init__()
@@ -78,9 +80,14 @@ class StubPDAE(nn.Module):
     def encode(self, x0: torch.Tensor) -> torch.Tensor:
         return torch.zeros(x0.shape[0], 2)
 
+    def denoiser(self, cond=None):
+        eps_fn = lambda x_t, t: self.estimator(x_t, t, None)[0]  # noqa: E731
+        return eps_fn, (None if cond is None else (lambda x_t, t: self.estimator(x_t, t, cond)))
 
-class StubDPM(nn.Module):
+
+class StubDPM(Method):
     name = "dpm"
+    is_diffusion = True
 
     def __init__(self, eps_fn) -> None:
         super().__init__()

@@ -32,6 +32,7 @@ from eval.reconstruct import (
 )
 from eval.sample import sidecar_path
 from pdae.diffusion.schedule import Schedule
+from pdae.methods import Method
 from tests.test_eval_sample import LATENT_DIM, save_models, tiny_models
 
 # The workflow's held-out digits (16x16, real UCI digits shipped with scikit-learn).
@@ -57,10 +58,11 @@ def models():
     return tiny_models()
 
 
-class GaussianDPM(nn.Module):
+class GaussianDPM(Method):
     """Plain DPM with the exact eps of data N(0, s^2 I)."""
 
     name = "dpm"
+    is_diffusion = True
 
     def __init__(self, s: float = 0.3) -> None:
         super().__init__()

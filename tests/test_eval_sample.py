@@ -31,7 +31,7 @@ from eval.sample import (
 from pdae.checkpoint import save_model_folder
 from pdae.diffusion.sampling import ddim_sample
 from pdae.diffusion.schedule import Schedule
-from pdae.methods import build_method, export_method
+from pdae.methods import Method, build_method, export_method
 
 DATA = {"name": "digits", "image_size": 8, "channels": 1}
 INFO = {"image_size": 8, "channels": 1, "num_classes": 10, "num_attributes": 0}
@@ -98,13 +98,15 @@ def models() -> dict[str, Any]:
     return tiny_models()
 
 
-class PointMassLatent(nn.Module):
+class PointMassLatent(Method):
     """A latent DPM whose eps is exact for normalised data concentrated at `m`: eps = (z_t - sqrt(ab) m)/sqrt(1-ab).
 
     It also records the largest |z_t| it is called with.
     """
 
     name = "latent"
+    input_kind = "latents"
+    is_diffusion = True
 
     def __init__(self, m: float, clip_latent: bool, dim: int = 4) -> None:
         super().__init__()
@@ -114,6 +116,7 @@ class PointMassLatent(nn.Module):
         self.stats.register_buffer("std", torch.full((dim,), 2.0))
         self.stats.denormalize = lambda z: z * self.stats.std + self.stats.mean
         self.method_kwargs = {"clip_latent": clip_latent}
+        self.latent_dim = dim
         self.m = m
         self.max_input = 0.0
 

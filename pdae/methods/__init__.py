@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from pdae.diffusion.schedule import Schedule
-from pdae.methods.base import Method
+from pdae.methods.base import EpsPrediction, Method
 from pdae.methods.diffae import DiffAE
 from pdae.methods.dpm import DPM
 from pdae.methods.latent import FeatureNetMethod, LatentClassifier, LatentDPM
@@ -24,7 +24,7 @@ METHOD_NAMES = ("dpm", "pdae", "pdae_class", "diffae", "latent", "classifier", "
 FORMAT = "pdae-bench/1"
 
 __all__ = [
-    "METHOD_NAMES", "Method", "DPM", "PDAE", "ClassConditionalPDAE", "DiffAE", "LatentDPM",
+    "METHOD_NAMES", "Method", "EpsPrediction", "DPM", "PDAE", "ClassConditionalPDAE", "DiffAE", "LatentDPM",
     "LatentClassifier", "FeatureNetMethod", "build_method", "export_method", "load_method",
 ]
 

@@ -4,15 +4,20 @@ Every method is an `nn.Module` whose `forward` is its per-sample training loss, 
 (and DistributedDataParallel) drives them all. Sampling code only sees `denoiser(cond)`, which returns
 the `(eps_fn, shift_fn)` pair that `pdae.diffusion.sampling` takes: the plain DPM, PDAE and Diff-AE
 differ only in those callables.
+
+Evaluations ask a method what it can do through a few capabilities instead of switching on its `name`:
+`is_diffusion`, `has_encoder`, `latent_dim`, `conditioning` / `condition_optional`, `has_shift`,
+`num_classes`, `record_label`, and `predict_eps(x_t, t, cond)` (the eps estimates of the posterior-mean gap).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from pdae.diffusion.gaussian import shift_eps
 from pdae.diffusion.schedule import Schedule
 
 EpsFn = Callable[[Tensor, Tensor], Tensor]
@@ -34,12 +39,54 @@ def sample_noise(like: Tensor, generator: torch.Generator) -> Tensor:
     return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
 
 
+class EpsPrediction(NamedTuple):
+    """The eps estimates of a diffusion model at (x_t, t) under a condition, from one network pass.
+
+    eps:     the network's own eps prediction: eps_theta(x_t, t) of the plain DPM and of PDAE's frozen prior,
+             Diff-AE's conditional eps(x_t, t, z).
+    shift:   PDAE's learned mean shift G(x_t, cond, t); None for a model without one (or PDAE without a condition).
+    eps_hat: the estimate the training loss fits: eps + shift_coef_t * G (PDAE paper Eq. 7), else `eps`. The
+             posterior-mean gap (paper Fig. 1/5) is measured on it.
+    """
+
+    eps: Tensor
+    shift: Tensor | None
+    eps_hat: Tensor
+
+
 class Method(nn.Module):
-    """Base class: subclasses set `name`, implement `loss`, `components` and (where meaningful) the rest."""
+    """Base class: subclasses set `name`, implement `loss`, `components` and (where meaningful) the rest.
+
+    The class attributes after `input_kind` are capabilities, for code that must not switch on method names
+    (`eval/`); their defaults describe a model that is not a diffusion model (e.g. a classifier).
+    """
 
     name: str = "method"
     #: input of `loss`: "images" ([N, C, H, W] in [-1, 1]) or "latents" (normalised z, [N, D])
     input_kind: str = "images"
+    #: a diffusion model of `input_kind` data: it has a `schedule` and implements `denoiser` (so `predict_eps`)
+    is_diffusion: bool = False
+    #: `encode(x0)` gives a semantic latent z (PDAE, Diff-AE)
+    has_encoder: bool = False
+    #: the dimension of the semantic latent z that the method encodes to or models; None where it has none
+    latent_dim: int | None = None
+    #: what `denoiser(cond)` takes: "none" (no condition: the plain DPM, the latent DPM), "z" (the semantic
+    #: latent [N, D] of `encode`: PDAE, Diff-AE) or "label" (int64 class labels [N]: the class-conditional PDAE)
+    conditioning: str = "none"
+    #: `denoiser()` without a condition is a supported use (PDAE: its frozen prior alone)
+    condition_optional: bool = True
+    #: the condition acts only through a learned mean shift G of a frozen prior (PDAE, paper Eq. 6), the
+    #: `shift_fn` of `denoiser(cond)`, which samplers may scale, switch off for the last steps, or mix
+    has_shift: bool = False
+    #: the number of class labels the method is conditioned on (class-conditional PDAE) or classifies images
+    #: into (the feature net); None elsewhere
+    num_classes: int | None = None
+
+    @property
+    def record_label(self) -> str:
+        """The `method` column of the reconstruction and unconditional-sampling records (paper Tables 1-2):
+        the method's name, except that the plain DPM's rows are labelled "ddim" (DDIM sampling of it)."""
+        return self.name
 
     def __init__(self) -> None:
         super().__init__()
@@ -73,3 +120,15 @@ class Method(nn.Module):
 
     def denoiser(self, cond: Tensor | None = None) -> tuple[EpsFn, ShiftFn | None]:
         raise NotImplementedError(f"{self.name} is not a diffusion decoder")
+
+    def predict_eps(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> EpsPrediction:
+        """The eps estimates at (x_t, t) under `cond` (None: no condition), from the callables of `denoiser`:
+        without a shift eps = eps_hat = eps_fn(x_t, t); with one (eps, G) = shift_fn(x_t, t), one network pass,
+        and eps_hat = eps + shift_coef_t * G (`pdae.diffusion.gaussian.shift_eps`; the training form of PDAE
+        paper Eq. 7, not DDIM's -sqrt(1 - alpha_bar_t) of Eq. 6). x_t: [N, ...], t: [N] int64."""
+        eps_fn, shift_fn = self.denoiser(cond) if cond is not None else self.denoiser()
+        if shift_fn is None:
+            eps = eps_fn(x_t, t)
+            return EpsPrediction(eps, None, eps)
+        eps, shift = shift_fn(x_t, t)
+        return EpsPrediction(eps, shift, shift_eps(self.schedule, t, eps, shift))

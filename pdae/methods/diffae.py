@@ -16,6 +16,10 @@ from pdae.methods.base import Method, per_sample_mean, sample_noise, sample_time
 
 class DiffAE(Method):
     name = "diffae"
+    is_diffusion = True
+    has_encoder = True
+    conditioning = "z"
+    condition_optional = False  # its z-conditioned DPM has no unconditional mode
 
     def __init__(self, model: nn.Module, schedule: Schedule) -> None:
         super().__init__()

@@ -15,6 +15,8 @@ from pdae.methods.base import Method, per_sample_mean, sample_noise, sample_time
 
 class DPM(Method):
     name = "dpm"
+    is_diffusion = True
+    record_label = "ddim"  # its reconstruction / sampling rows are DDIM's (paper Tables 1-2)
 
     def __init__(self, unet: nn.Module, schedule: Schedule) -> None:
         super().__init__()

@@ -37,6 +37,7 @@ class LatentStats(nn.Module):
 class LatentDPM(Method):
     name = "latent"
     input_kind = "latents"
+    is_diffusion = True
 
     def __init__(self, net: nn.Module, schedule: Schedule, latent_dim: int, clip_latent: bool = False) -> None:
         super().__init__()
@@ -51,6 +52,11 @@ class LatentDPM(Method):
         noise = sample_noise(x, generator)
         eps = self.net(q_sample(self.schedule, x, t, noise), t)
         return per_sample_mean((noise - eps).abs().float())
+
+    @property
+    def latent_dim(self) -> int:
+        """D of the latents it models (its dataset statistics)."""
+        return int(self.stats.mean.shape[0])
 
     def components(self) -> dict[str, nn.Module]:
         return {"net": self.net, "stats": self.stats}
@@ -72,6 +78,11 @@ class LatentClassifier(Method):
         self.head = head
         self.stats = LatentStats(latent_dim)
         self.method_kwargs = {"targets": targets}
+
+    @property
+    def latent_dim(self) -> int:
+        """D of the latents it classifies (its dataset statistics)."""
+        return int(self.stats.mean.shape[0])
 
     def loss(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
         logits = self.head(x)
@@ -97,6 +108,10 @@ class FeatureNetMethod(Method):
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.net.config["num_classes"])
 
     def loss(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
         return nn.functional.cross_entropy(self.net(x).float(), y.long(), reduction="none")

@@ -23,6 +23,10 @@ class PDAE(Method):
     """`weighting="snr"` is the paper's lambda_t = SNR^gamma / (1 + SNR); "uniform" is the lambda_t = 1 ablation."""
 
     name = "pdae"
+    is_diffusion = True
+    has_encoder = True
+    conditioning = "z"
+    has_shift = True
 
     def __init__(
         self,
@@ -48,8 +52,8 @@ class PDAE(Method):
         return self.estimator.prior
 
     @property
-    def latent_dim(self) -> int:
-        return int(self.encoder.config["latent_dim"])
+    def latent_dim(self) -> int | None:
+        return int(self.encoder.config["latent_dim"]) if self.encoder is not None else None
 
     @property
     def conditional_on_label(self) -> bool:
@@ -92,6 +96,14 @@ class ClassConditionalPDAE(PDAE):
     """G conditioned on a class label instead of z (the truncation-like effect, paper §4.6)."""
 
     name = "pdae_class"
+    has_encoder = False
+    conditioning = "label"
+    # Sampled per class (paper §4.6); without a label it would be its frozen prior, the DPM.
+    condition_optional = False
 
     def __init__(self, estimator: nn.Module, schedule: Schedule, gamma: float = 0.1, weighting: str = "snr") -> None:
         super().__init__(None, estimator, schedule, gamma, weighting)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.estimator.config["num_classes"])
