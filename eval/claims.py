@@ -158,7 +158,10 @@ def gated(verdict: str, why: str, gate: Gate) -> tuple[str, str]:
                        + "; ".join(gate.any_not_converged) + ")")
     if reasons:
         return "inconclusive", "; ".join(reasons) + f" (interval alone: {verdict}, {why})"
-    return verdict, "; ".join([why] + [f"health unknown: {u}" for u in gate.unhealthy_unknown])
+    notes = [f"health unknown: {u}" for u in gate.unhealthy_unknown]
+    if verdict == "inconclusive":  # the interval decides nothing; say too which models could still change it
+        notes += [f"not converged: {x}" for x in gate.proponent_not_converged + gate.baseline_not_converged]
+    return verdict, "; ".join([why] + notes)
 
 
 def make_gate(health: Sequence[Mapping[str, Any]], dataset: str, n_seeds: int, models: Sequence[tuple[str, Sequence[str]]],

@@ -18,8 +18,8 @@ uses must pass these checks, computed from the records the evaluations already w
 - ``converged``: an autoencoder's quality (SSIM with random x_T over its training snapshots) changed by at most
   the stated tolerance over the last quarter of its budget. Records: ``convergence`` rows (eval.efficiency).
 
-Each check gives one row per (dataset, model, seed): status ``healthy`` / ``unhealthy`` / ``unknown`` (no
-records). `status_of` summarises the checks a claim needs into (ok, reasons) for eval.claims.
+Each check gives one row per (dataset, model, seed): status ``healthy`` / ``unhealthy`` (``converged`` / ``not
+converged`` for the convergence check) / ``unknown`` (no records). `status_of` summarises the checks a claim needs into (ok, reasons) for eval.claims.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ CONFIDENT_RATIO_MIN = 0.5   # samples recognised at least half as often as real 
 Z_USE_MARGIN = 0.05         # SSIM above the unrelated-pair floor (lower CI bound of the paired difference)
 N_BOOT = 2000
 HEALTH_COLUMNS = ("dataset", "model", "seed", "check", "value", "threshold", "status", "detail")
-STATUSES = ("healthy", "unhealthy", "unknown")
+STATUSES = ("healthy", "unhealthy", "converged", "not converged", "unknown")
+FAILED = ("unhealthy", "not converged")
 
 
 def _canon(value: Any) -> str:
@@ -70,7 +71,8 @@ def numeric_steps(rows: Iterable[Mapping[str, Any]]) -> list[int]:
 
 def _row(dataset: str, model: str, seed: str, check: str, value: float | None, threshold: str, ok: bool | None,
          detail: str) -> dict[str, Any]:
-    status = "unknown" if ok is None else ("healthy" if ok else "unhealthy")
+    good, bad = ("converged", "not converged") if check == "converged" else ("healthy", "unhealthy")
+    status = "unknown" if ok is None else (good if ok else bad)
     return {"dataset": dataset, "model": model, "seed": seed, "check": check,
             "value": "-" if value is None or not math.isfinite(value) else value, "threshold": threshold,
             "status": status, "detail": detail}
@@ -196,7 +198,7 @@ def status_of(health: Sequence[Mapping[str, Any]], dataset: str, model: str,
     mine = [h for h in health if h["dataset"] == dataset and h["check"] in checks
             and any(str(h["model"]).startswith(p) for p in prefixes)]
     known = [h for h in mine if h["status"] != "unknown"]
-    bad = [h for h in known if h["status"] == "unhealthy"]
+    bad = [h for h in known if h["status"] in FAILED]
     if bad:
         return False, [f"{h['model']} seed {h['seed']} fails {h['check']} ({h['detail']})" for h in bad]
     if not known:

@@ -117,7 +117,7 @@ class TrainConfig:
     resume_every_images: int = 12_800         # atomic resume-state cadence
     snapshot_images: list[int] = dataclasses.field(default_factory=list)  # EMA model snapshots (efficiency curves)
     num_workers: int = 0                      # DataLoader workers (0: in-process indexing)
-    amp: str = "auto"                         # auto (bf16 on CUDA) | bf16 | off
+    amp: str = "auto"                         # auto (bf16 for image nets on bf16 hardware) | bf16 | off
     channels_last: str = "auto"               # auto (on CUDA) | on | off
     compile: bool = False                     # torch.compile the training module (CUDA)
 

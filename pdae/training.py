@@ -1,9 +1,9 @@
 """One training loop for every method: the DPM, PDAE, Diff-AE, the latent DPM and the classifiers.
 
 The loop only sees the method interface (`loss`, `trainable_parameters`, `components`). Budget in images
-seen (the paper's unit), Adam/AdamW, EMA of the trainable parameters, optional horizontal flip, bf16
-autocast and channels_last on CUDA, DistributedDataParallel under `torchrun`, generators seeded per rank
-from the run seed, a JSONL log and a tqdm bar.
+seen (the paper's unit), Adam/AdamW, EMA of the trainable parameters (with a warm-up), optional horizontal
+flip, bf16 autocast where the hardware has it (`amp_enabled`), channels_last on CUDA, DistributedDataParallel
+under `torchrun`, generators seeded per rank from the run seed, a JSONL log and a tqdm bar.
 
 Resume: every `resume_every_images` the whole training state (weights, EMA, optimizer, RNG states,
 images seen) is written atomically to `<out>.resume/state.pt`; rerunning the same command continues from
@@ -221,6 +221,23 @@ def adam_optimizer(
     return cls(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused or None)
 
 
+def amp_enabled(amp: str, device: torch.device, input_kind: str) -> bool:
+    """bf16 autocast of the training step: `train.amp` bf16 = on, off = off, auto = on for image networks where
+    the device computes bf16 natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX; pdae.precision),
+    off for the small MLPs on latents (latent DPM, classifiers), whose steps gain little.
+
+    The loss is reduced in fp32 and the optimiser and EMA keep fp32 weights. On this project's 2-core CPU (AMX)
+    a training step of the embedded U-Nets at batch 32 takes 0.83-0.86x the fp32 time (DPM 93 vs 110 ms, PDAE
+    112 vs 135 ms, Diff-AE 136 vs 160 ms; measured 2026-12-03)."""
+    from pdae import precision
+
+    if amp == "bf16":
+        return True
+    if amp == "off":
+        return False
+    return input_kind == "images" and precision.bf16_available(device)
+
+
 def _make_optimizer(params: list[nn.Parameter], tc: TrainConfig) -> torch.optim.Optimizer:
     return adam_optimizer(params, tc.lr, tuple(tc.betas), tc.weight_decay, decoupled=tc.optimizer == "adamw")
 
@@ -296,7 +313,7 @@ def train(
     optimizer = _make_optimizer(params, tc)
     ema = EMA(method, tc.ema_decay, tc.ema_warmup)
     on_cuda = dev.type == "cuda"
-    use_amp = tc.amp == "bf16" or (tc.amp == "auto" and on_cuda)
+    use_amp = amp_enabled(tc.amp, dev, method.input_kind)
     channels_last = method.input_kind == "images" and (tc.channels_last == "on" or (tc.channels_last == "auto" and on_cuda))
     if channels_last:
         method.to(memory_format=torch.channels_last)
@@ -310,8 +327,9 @@ def train(
 
     generator = torch.Generator(dev).manual_seed(seed * 1000 + dist_info.rank)
     torch.manual_seed(seed * 1000 + dist_info.rank + 1)  # dropout
-    fingerprint = _run_fingerprint(method_name, cfg, seed, dist_info.world,
-                                   {"dpm": str(dpm_dir), "encoder": str(encoder_dir)})
+    fingerprint = _run_fingerprint(method_name, cfg, seed, dist_info.world,  # the resolved precision too: a
+                                   {"dpm": str(dpm_dir), "encoder": str(encoder_dir),  # resume never mixes them
+                                    "precision": "bf16" if use_amp else "fp32"})
 
     # Resume.
     images_seen, wall_before, resumed_from = 0, 0.0, 0
@@ -368,7 +386,8 @@ def train(
         if not dist_info.main:
             return
         tensors, config = export_method(method, ema.state_dict())
-        meta = _metadata(method_name, cfg, seed, n_images, n_images // tc.batch_size, wall(), dist_info, dpm_dir, encoder_dir)
+        meta = _metadata(method_name, cfg, seed, n_images, n_images // tc.batch_size, wall(), dist_info, dpm_dir,
+                         encoder_dir, "bf16" if use_amp else "fp32")
         target = resume_dir / "snapshots" / f"img{n_images:09d}"
         if not target.exists():
             save_model_folder(target, tensors, config, meta)
@@ -433,7 +452,8 @@ def train(
     result = TrainResult(out_dir, images_seen, step, resumed_from, wall())
     if dist_info.main:
         tensors, config = export_method(method, ema.state_dict())
-        meta = _metadata(method_name, cfg, seed, images_seen, step, result.wall_time_s, dist_info, dpm_dir, encoder_dir)
+        meta = _metadata(method_name, cfg, seed, images_seen, step, result.wall_time_s, dist_info, dpm_dir,
+                         encoder_dir, "bf16" if use_amp else "fp32")
         meta["resumed_from_images"] = resumed_from
         staging = out_dir.with_name(f".{out_dir.name}.staging")
         if staging.exists():
@@ -457,13 +477,13 @@ def _trainable_state_keys(method: Method) -> set[str]:
 
 
 def _metadata(method_name: str, cfg: RunConfig, seed: int, images_seen: int, steps: int, wall_s: float,
-              dist_info: DistInfo, dpm_dir: Any, encoder_dir: Any) -> dict[str, Any]:
+              dist_info: DistInfo, dpm_dir: Any, encoder_dir: Any, precision: str = "fp32") -> dict[str, Any]:
     return {
         "method": method_name, "seed": seed, "images_seen": images_seen, "steps": steps,
         "batch_size": cfg.train.batch_size, "wall_time_s": round(wall_s, 3), "world_size": dist_info.world,
         "code_version": code_version(), "created": utc_now(), "torch": torch.__version__,
         "dpm": str(dpm_dir) if dpm_dir else None, "encoder": str(encoder_dir) if encoder_dir else None,
-        "data": cfg.data,
+        "data": cfg.data, "precision": precision,
     }
 
 

@@ -262,3 +262,11 @@ def test_latent_health_on_real_latent_dpms_untrained_fails_trained_passes() -> N
         opt.step()
     trained = [h for h in H.health_rows(rows(latent)) if h["check"] == "latent"]
     assert all(h["status"] == "healthy" for h in trained), trained[0]["detail"]
+
+
+def test_convergence_status_reads_converged_or_not() -> None:
+    health = H.health_rows(convergence("pdae", "yes") + convergence("diffae", "no"))
+    assert {h["status"] for h in health if h["model"].startswith("pdae")} == {"converged"}
+    assert {h["status"] for h in health if h["model"].startswith("diffae")} == {"not converged"}
+    assert H.status_of(health, "digits", "diffae", ("converged",))[0] is False
+    assert H.status_of(health, "digits", "pdae", ("converged",)) == (True, [])

@@ -277,3 +277,16 @@ def test_ema_cannot_export_its_initialisation() -> None:
     for n in range(1, 392):
         plain.update(m, n)
     assert plain.shadow["w"][0].item() == pytest.approx(1 - 0.999 ** 391, rel=1e-4)
+
+
+def test_amp_auto_uses_bf16_only_for_image_nets_on_bf16_hardware(dpm_dir: Path) -> None:
+    from pdae import precision
+    from pdae.training import amp_enabled
+
+    cpu = torch.device("cpu")
+    assert amp_enabled("bf16", cpu, "latents") and not amp_enabled("off", cpu, "images")
+    assert amp_enabled("auto", cpu, "images") == precision.cpu_has_bf16()
+    assert not amp_enabled("auto", cpu, "latents")
+    # The precision a model was trained in is part of its provenance.
+    meta = json.loads((dpm_dir / "metadata.json").read_text())
+    assert meta["precision"] == ("bf16" if precision.cpu_has_bf16() else "fp32")
