@@ -35,15 +35,14 @@ from eval import health as health_mod
 from eval import stats
 from eval.health import numeric_steps, run_seed, select
 from eval.paper import format_number
+from eval.verdicts import (  # noqa: F401 - re-exported: the verdict rules are part of this module's interface
+    LEVEL, MIN_SEEDS, N_BOOT, VERDICTS, Gate, _fmt, _interval_text, by_run_seed, fid_difference, gated, make_gate,
+    paired_difference, paired_units, verdict_at_most, verdict_better, verdict_on_par,
+)
 
-MIN_SEEDS = 3
-LEVEL = 0.95
-N_BOOT = 2000
 GAP_T_RANGE = (0.4, 0.7)          # paper §3.4 / Fig. 3: the "critical stage" t in [400, 700] of T = 1000
 ON_PAR_MARGIN = {"ssim": 0.02, "mse": 0.10}   # non-inferiority: SSIM absolute; MSE relative to the baseline
 IMAGES_RATIO_BOUND = 0.5          # paper §4.1: PDAE needs 1/3-1/2 of Diff-AE's training images
-HIGHER_IS_BETTER = {"ssim": True, "mse": False, "lpips": False, "feat_dist": False, "fid": False, "kid": False}
-VERDICTS = ("reproduced", "not reproduced", "inconclusive")
 CLAIM_COLUMNS = ("kind", "claim", "dataset", "setting", "comparison", "estimate", "ci_low", "ci_high", "n_seeds",
                  "verdict", "reason", "evidence", "paper_says", "source")
 METHOD_NAMES = {"pdae": "PDAE", "diffae": "Diff-AE", "ddim": "DDIM", "dpm": "DPM", "naive": "naive", "real": "real"}
@@ -102,110 +101,8 @@ CLAIMS = {
 # Verdict logic (pure)
 
 
-def verdict_better(lo: float, hi: float) -> tuple[str, str]:
-    """A 'better' claim on the signed difference's interval [lo, hi] (positive = claim direction)."""
-    if lo > 0:
-        return "reproduced", "interval above 0"
-    if hi <= 0:
-        return "not reproduced", "interval at or below 0"
-    return "inconclusive", "interval contains 0"
-
-
-def verdict_on_par(lo: float, hi: float, margin: float) -> tuple[str, str]:
-    """Non-inferiority: reproduced if lo > -margin, not reproduced if hi < -margin, else inconclusive."""
-    if lo > -margin:
-        return "reproduced", f"interval above -{format_number(margin)} (on par or better)"
-    if hi < -margin:
-        return "not reproduced", f"interval below -{format_number(margin)} (worse beyond the margin)"
-    return "inconclusive", f"interval contains -{format_number(margin)}"
-
-
-def verdict_at_most(lo: float, hi: float, bound: float) -> tuple[str, str]:
-    """A 'ratio <= bound' claim."""
-    if hi <= bound:
-        return "reproduced", f"interval at or below {format_number(bound)}"
-    if lo > bound:
-        return "not reproduced", f"interval above {format_number(bound)}"
-    return "inconclusive", f"interval contains {format_number(bound)}"
-
-
-@dataclasses.dataclass
-class Gate:
-    """What can still turn a verdict into 'inconclusive': seeds, health, convergence."""
-
-    n_seeds: int
-    unhealthy: list[str] = dataclasses.field(default_factory=list)
-    unhealthy_unknown: list[str] = dataclasses.field(default_factory=list)
-    proponent_not_converged: list[str] = dataclasses.field(default_factory=list)
-    baseline_not_converged: list[str] = dataclasses.field(default_factory=list)
-    any_not_converged: list[str] = dataclasses.field(default_factory=list)  # claims about convergence itself
-
-
-def gated(verdict: str, why: str, gate: Gate) -> tuple[str, str]:
-    """Apply the gates to an interval verdict: fewer than MIN_SEEDS seeds, an unhealthy model, or a model that has
-    not converged and loses the comparison make it inconclusive; the reason lists every gate that applies."""
-    reasons = []
-    if gate.n_seeds < MIN_SEEDS:
-        reasons.append(f"{gate.n_seeds} seed(s) < {MIN_SEEDS}")
-    if gate.unhealthy:
-        reasons.append("unhealthy model: " + "; ".join(gate.unhealthy))
-    if verdict == "reproduced" and gate.baseline_not_converged:
-        reasons.append("budget-limited: the baseline has not converged (" + "; ".join(gate.baseline_not_converged) + ")")
-    if verdict == "not reproduced" and gate.proponent_not_converged:
-        reasons.append("budget-limited: PDAE has not converged (" + "; ".join(gate.proponent_not_converged) + ")")
-    if gate.any_not_converged:
-        reasons.append("budget-limited: not converged, so the images to converge are unknown ("
-                       + "; ".join(gate.any_not_converged) + ")")
-    if reasons:
-        return "inconclusive", "; ".join(reasons) + f" (interval alone: {verdict}, {why})"
-    notes = [f"health unknown: {u}" for u in gate.unhealthy_unknown]
-    if verdict == "inconclusive":  # the interval decides nothing; say too which models could still change it
-        notes += [f"not converged: {x}" for x in gate.proponent_not_converged + gate.baseline_not_converged]
-    return verdict, "; ".join([why] + notes)
-
-
-def make_gate(health: Sequence[Mapping[str, Any]], dataset: str, n_seeds: int, models: Sequence[tuple[str, Sequence[str]]],
-              proponent: str | None = None, baseline: str | None = None) -> Gate:
-    """Gate of a comparison: `models` = (model, health checks) pairs; convergence of proponent / baseline."""
-    gate = Gate(n_seeds)
-    for model, checks in models:
-        ok, reasons = health_mod.status_of(health, dataset, model, checks)
-        if ok is False:
-            gate.unhealthy += reasons
-        elif ok is None:
-            gate.unhealthy_unknown += reasons
-    for model, target in ((proponent, gate.proponent_not_converged), (baseline, gate.baseline_not_converged)):
-        if model is None:
-            continue
-        ok, reasons = health_mod.status_of(health, dataset, model, ("converged",))
-        if ok is False:
-            target += reasons
-    return gate
-
-
-# ---------------------------------------------------------------------------------------------
-# Record helpers
-
-
 def _datasets(rows: Sequence[Mapping[str, Any]], table: str) -> list[str]:
     return sorted({str(r.get("dataset", "-")) for r in rows if r.get("table") == table})
-
-
-def by_run_seed(rows: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
-    """Rows keyed by evaluation seed (the first per seed)."""
-    out: dict[str, Mapping[str, Any]] = {}
-    for r in rows:
-        out.setdefault(run_seed(r), r)
-    return out
-
-
-def signed(metric: str, diff: float) -> float:
-    """A difference a - b signed so that positive means a is better."""
-    return diff if HIGHER_IS_BETTER.get(metric, False) else -diff
-
-
-def _fmt(x: float) -> str:
-    return format_number(float(x))
 
 
 def claim_row(kind: str, key: str, dataset: str, setting: str, comparison: str, interval: tuple[float, float, float] | None,
@@ -220,81 +117,6 @@ def claim_row(kind: str, key: str, dataset: str, setting: str, comparison: str, 
 
 def missing(key: str, dataset: str, what: str) -> dict[str, Any]:
     return claim_row("claim", key, dataset, "-", "-", None, 0, "inconclusive", f"no {what} records", "-")
-
-
-def paired_units(a_rows: Sequence[Mapping[str, Any]], b_rows: Sequence[Mapping[str, Any]],
-                 reuse_b: bool = False) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
-    """Per-image values of a and b aligned on the evaluation seed -> (a groups, b groups, seeds).
-
-    reuse_b: b is deterministic and measured on one seed only (DDIM's inferred x_T): its values serve every
-    seed of a (same images: the held-out split's first N)."""
-    a, b = by_run_seed(a_rows), by_run_seed(b_rows)
-    ga, gb, seeds = [], [], []
-    for seed, ra in sorted(a.items()):
-        rb = b.get(seed) or (next(iter(b.values())) if reuse_b and len(b) == 1 else None)
-        if rb is None or not ra.get("values") or not rb.get("values") or len(ra["values"]) != len(rb["values"]):
-            continue
-        ga.append(np.asarray(ra["values"], float))
-        gb.append(np.asarray(rb["values"], float))
-        seeds.append(seed)
-    return ga, gb, seeds
-
-
-def paired_difference(metric: str, a_rows: Sequence[Mapping[str, Any]], b_rows: Sequence[Mapping[str, Any]],
-                      relative: bool = False, reuse_b: bool = False) -> tuple[tuple[float, float, float] | None, int, str]:
-    """Signed paired difference of per-image metrics (a - b, positive = a better) with a two-level CI.
-
-    relative: divide by b's mean (the difference as a fraction of the baseline), used for MSE margins."""
-    ga, gb, seeds = paired_units(a_rows, b_rows, reuse_b)
-    if not ga:
-        return None, 0, "no paired per-image records"
-    iv = stats.hierarchical_bootstrap(ga, n_boot=N_BOOT, level=LEVEL, rng=0, paired_with=gb)
-    scale = float(np.mean([g.mean() for g in gb])) if relative else 1.0
-    scale = scale if scale > 0 else 1.0
-    est, lo, hi = (signed(metric, v) / scale for v in (iv.estimate, iv.lo, iv.hi))
-    lo, hi = min(lo, hi), max(lo, hi)
-    a_mean = float(np.mean([g.mean() for g in ga]))
-    b_mean = float(np.mean([g.mean() for g in gb]))
-    ev = f"{metric} {_fmt(a_mean)} vs {_fmt(b_mean)} (mean of {len(seeds)} seeds x {ga[0].size} images)"
-    return (est, lo, hi), len(seeds), ev
-
-
-def fid_difference(a_rows: Sequence[Mapping[str, Any]], b_rows: Sequence[Mapping[str, Any]],
-                   reuse_b: bool = False, aligned: bool = False) -> tuple[tuple[float, float, float] | None, int, str]:
-    """Signed FID difference (b - a: positive = a lower = better) with an interval over samples and seeds.
-
-    aligned: replicate k of a and of b resampled the same sample indices (same eval seed, stream and n: the
-    evaluations seed their bootstrap so), which keeps the resampling bias of FID out of the difference."""
-    a, b = by_run_seed(a_rows), by_run_seed(b_rows)
-    ra_, rb_, ea, eb, seeds = [], [], [], [], []
-    for seed, ra in sorted(a.items()):
-        rb = b.get(seed) or (next(iter(b.values())) if reuse_b and len(b) == 1 else None)
-        if rb is None or not ra.get("values") or not rb.get("values"):
-            continue
-        ra_.append(np.asarray(ra["values"], float))
-        rb_.append(np.asarray(rb["values"], float))
-        ea.append(float(ra["value"]))
-        eb.append(float(rb["value"]))
-        seeds.append(seed)
-    if not seeds:
-        return None, 0, "no FID records with bootstrap replicates"
-    aligned = aligned and all(x.size == y.size for x, y in zip(ra_, rb_)) and all(
-        str(a[s].get("n_samples", "-")) == str((b.get(s) or next(iter(b.values()))).get("n_samples", "-")) for s in seeds)
-    iv = stats.combine_paired_replicates(rb_, ra_, n_boot=N_BOOT, rng=0, level=LEVEL, estimates_a=eb, estimates_b=ea,
-                                         aligned=aligned)
-    n = a[seeds[0]].get("n_samples", "-")
-    ev = f"FID {_fmt(float(np.mean(ea)))} vs {_fmt(float(np.mean(eb)))} ({len(seeds)} seeds, n = {n} samples each)"
-    return (iv.estimate, iv.lo, iv.hi), len(seeds), ev
-
-
-def _interval_text(iv: tuple[float, float, float] | None) -> str:
-    if iv is None:
-        return "-"
-    return f"{_fmt(iv[0])} [{_fmt(iv[1])}, {_fmt(iv[2])}]"
-
-
-# ---------------------------------------------------------------------------------------------
-# Claims
 
 
 def claim_gap(rows: Sequence[Mapping[str, Any]], health: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -498,6 +320,19 @@ def claim_efficiency(rows: Sequence[Mapping[str, Any]], health: Sequence[Mapping
     return out
 
 
+def fid_claim_row(key: str, ds: str, setting: str, pdae: Sequence[Mapping[str, Any]], base: str,
+                  base_rows: Sequence[Mapping[str, Any]], health: Sequence[Mapping[str, Any]],
+                  models: Sequence[tuple[str, Sequence[str]]], aligned: bool, note: str = "") -> dict[str, Any] | None:
+    """One 'PDAE's FID below `base`' row (None without paired records); a trained baseline's convergence gates it."""
+    iv, n, ev = fid_difference(pdae, base_rows, aligned=aligned)
+    if iv is None:
+        return None
+    converging = base if base == "diffae" else None  # the only baseline trained here with a convergence check
+    verdict, why = gated(*verdict_better(iv[1], iv[2]), make_gate(health, ds, n, models, "pdae", converging))
+    return claim_row("claim", key, ds, setting, f"FID {METHOD_NAMES[base]} - FID PDAE (> 0)", iv, n, verdict, why,
+                     ev + note)
+
+
 def claim_uncond(rows: Sequence[Mapping[str, Any]], health: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Table 2: FID of PDAE vs DDIM and vs Diff-AE at each T, intervals over samples and seeds."""
     out = []
@@ -506,24 +341,16 @@ def claim_uncond(rows: Sequence[Mapping[str, Any]], health: Sequence[Mapping[str
         if not fid:
             out.append(missing("uncond_ddim", ds, "uncond fid"))
             continue
-        real = select(fid, method="real")
-        floor = f"; real-vs-real floor at the same n: FID {_fmt(float(np.mean([float(r['value']) for r in real])))}" \
-            if real else ""
+        real = [float(r["value"]) for r in select(fid, method="real")]
+        note = f"; backend {fid[0].get('backend', '-')}" + (
+            f"; real-vs-real floor at the same n: FID {_fmt(float(np.mean(real)))}" if real else "")
+        decoders = {"ddim": [("ddim", ("samples",))], "diffae": [("diffae_samples", ("latent", "samples"))]}
         for T in numeric_steps(fid):
-            pdae = select(fid, method="pdae", steps=T)
-            for key, base, models in (
-                ("uncond_ddim", "ddim", [("pdae_samples", ("latent", "samples")), ("ddim", ("samples",))]),
-                ("uncond_diffae", "diffae", [("pdae_samples", ("latent", "samples")),
-                                             ("diffae_samples", ("latent", "samples"))]),
-            ):
-                iv, n, ev = fid_difference(pdae, select(fid, method=base, steps=T), aligned=True)
-                if iv is None:
-                    continue
-                verdict, why = gated(*verdict_better(iv[1], iv[2]),
-                                     make_gate(health, ds, n, models, "pdae", None if base == "ddim" else base))
-                out.append(claim_row("claim", key, ds, f"T={T}", f"FID {METHOD_NAMES[base]} - FID PDAE (> 0)", iv, n,
-                                     verdict, why, f"{ev}; backend {pdae[0].get('backend', '-') if pdae else '-'}"
-                                     + floor))
+            for key, base in (("uncond_ddim", "ddim"), ("uncond_diffae", "diffae")):
+                models = [("pdae_samples", ("latent", "samples"))] + decoders[base]
+                row = fid_claim_row(key, ds, f"T={T}", select(fid, method="pdae", steps=T), base,
+                                    select(fid, method=base, steps=T), health, models, aligned=True, note=note)
+                out += [row] if row else []
     return out
 
 
@@ -535,24 +362,18 @@ def claim_fewshot(rows: Sequence[Mapping[str, Any]], health: Sequence[Mapping[st
         if not fs:
             out.append(missing("fewshot_diffae", ds, "fewshot fid"))
             continue
-        cells = sorted({(str(r.get("scenario")), str(r.get("class"))) for r in fs})
-        for scenario, klass in cells:
+        for scenario, klass in sorted({(str(r.get("scenario")), str(r.get("class"))) for r in fs}):
             cell = [r for r in fs if str(r.get("scenario")) == scenario and str(r.get("class")) == klass]
-            pdae = select(cell, method="pdae")
-            for key, base, models in (
-                ("fewshot_diffae", "diffae", [("pdae_samples", ("latent",)), ("diffae_samples", ("latent",))]),
-                ("fewshot_naive", "naive", [("pdae_samples", ("latent",))]),
+            naive = select(cell, method="naive")  # in both autoencoders' files: keep those paired with PDAE's
+            naive = [r for r in naive if "pdae" in str(r.get("config", "pdae"))] or naive
+            for key, base, base_rows, models in (
+                ("fewshot_diffae", "diffae", select(cell, method="diffae"),
+                 [("pdae_samples", ("latent",)), ("diffae_samples", ("latent",))]),
+                ("fewshot_naive", "naive", naive, [("pdae_samples", ("latent",))]),
             ):
-                base_rows = select(cell, method=base)
-                if base == "naive":  # naive rows are per autoencoder file; keep those paired with PDAE's
-                    base_rows = [r for r in base_rows if "pdae" in str(r.get("config", "pdae"))] or base_rows
-                iv, n, ev = fid_difference(pdae, base_rows, aligned=base != "naive")
-                if iv is None:
-                    continue
-                verdict, why = gated(*verdict_better(iv[1], iv[2]),
-                                     make_gate(health, ds, n, models, "pdae", "diffae" if base == "diffae" else None))
-                out.append(claim_row("claim", key, ds, f"{scenario} / {klass}", f"FID {METHOD_NAMES[base]} - FID PDAE (> 0)",
-                                     iv, n, verdict, why, ev))
+                row = fid_claim_row(key, ds, f"{scenario} / {klass}", select(cell, method="pdae"), base, base_rows,
+                                    health, models, aligned=base != "naive")
+                out += [row] if row else []
     return out
 
 
