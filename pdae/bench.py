@@ -20,7 +20,7 @@ import torch
 from pdae.diffusion.gaussian import extract, q_sample
 from pdae.methods import PDAE, Method, build_method
 from pdae.methods.base import per_sample_mean, sample_noise, sample_timesteps
-from pdae.training import adam_optimizer, resolve_device
+from pdae.training import EMA, Stepper, adam_optimizer, amp_enabled, resolve_device, train_step
 
 # Network sizes per preset: the embedded default (digits, 16x16, 1 channel) and the paper's FFHQ128.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -79,12 +79,16 @@ def build_methods(preset: str) -> dict[str, Method]:
 
 
 def time_training_steps(
-    method: Method, image_shape: tuple[int, int, int], batch_size: int, steps: int, warmup: int, device: torch.device
+    method: Method, image_shape: tuple[int, int, int], batch_size: int, steps: int, warmup: int, device: torch.device,
+    amp: str = "auto",
 ) -> dict[str, float]:
-    """Mean seconds per training step (forward, backward, Adam) on random images of `image_shape` (C, H, W)."""
+    """Mean seconds per training step on random images of `image_shape` (C, H, W): the training loop's own
+    `pdae.training.train_step` (forward in the loop's precision, backward, fused Adam, EMA update with warm-up)."""
     method.to(device).train()
     params = method.trainable_parameters()
-    opt = adam_optimizer(params, lr=1e-4)  # the training loop's optimiser (fused where available)
+    use_amp = amp_enabled(amp, device, method.input_kind)
+    stepper = Stepper(method, method, adam_optimizer(params, lr=1e-4), EMA(method, 0.9999), params, use_amp, None,
+                      device)
     gen = torch.Generator(device).manual_seed(0)
     x = torch.rand(batch_size, *image_shape, generator=gen, device=device) * 2 - 1
     y = torch.zeros(batch_size, dtype=torch.long, device=device)
@@ -93,10 +97,7 @@ def time_training_steps(
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        loss = method.loss(x, y, gen).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(stepper, x, y, gen, 1e-4, i + 1)
         if device.type == "cuda":
             torch.cuda.synchronize()
         if i >= warmup:
@@ -105,12 +106,14 @@ def time_training_steps(
     return {
         "seconds_per_step": sec,
         "images_per_s": batch_size / sec,
+        "precision": "bf16" if use_amp else "fp32",
         "trainable_params": sum(q.numel() for q in params),
         "total_params": sum(q.numel() for q in method.parameters()),
     }
 
 
-def run_benchmark(preset: str, batch_size: int | None, steps: int, warmup: int, device: str, out: str | None) -> dict:
+def run_benchmark(preset: str, batch_size: int | None, steps: int, warmup: int, device: str, out: str | None,
+                  amp: str = "auto") -> dict:
     """Print (and optionally write) images/s per method and the PDAE / Diff-AE ratio, measured in one run.
 
     batch_size None: the preset's training batch.
@@ -124,9 +127,9 @@ def run_benchmark(preset: str, batch_size: int | None, steps: int, warmup: int, 
     shape = (data["channels"], data["image_size"], data["image_size"])
     results = {}
     for name, method in methods.items():
-        results[name] = time_training_steps(method, shape, batch_size, steps, warmup, dev)
+        results[name] = time_training_steps(method, shape, batch_size, steps, warmup, dev, amp)
         r = results[name]
-        print(f"{name:11s} {r['images_per_s']:9.1f} images/s  ({1000 * r['seconds_per_step']:.1f} ms/step, "
+        print(f"{name:11s} {r['images_per_s']:9.1f} images/s  ({1000 * r['seconds_per_step']:.1f} ms/step, {r['precision']}, "
               f"{r['trainable_params']:,} trainable of {r['total_params']:,} params)", flush=True)
     ratio = results["pdae"]["images_per_s"] / results["diffae"]["images_per_s"]
     naive = results["pdae"]["images_per_s"] / results["pdae_naive"]["images_per_s"]

@@ -64,13 +64,15 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=10, help="timed steps per method (after warm-up)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="auto")
+    p.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto",
+                   help="precision of the step, as train.amp: auto = bf16 for image nets on bf16 hardware")
     p.add_argument("--out", default=None, help="also write the numbers to this JSON file")
 
 
 def _run_bench(args: argparse.Namespace) -> int:
     from pdae.bench import run_benchmark
 
-    run_benchmark(args.preset, args.batch_size, args.steps, args.warmup, args.device, args.out)
+    run_benchmark(args.preset, args.batch_size, args.steps, args.warmup, args.device, args.out, args.amp)
     return 0
 
 

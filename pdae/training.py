@@ -250,6 +250,52 @@ def _log_lines_upto(path: Path, images_seen: int) -> None:
     path.write_text("".join(ln + "\n" for ln in keep))
 
 
+class NonFiniteLoss(ArithmeticError):
+    """The step's loss is not finite; nothing was updated."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__(f"non-finite loss {value}")
+        self.value = value
+
+
+@dataclasses.dataclass
+class Stepper:
+    """What one optimisation step needs: the module to call (`method`, or its DDP / compiled wrapper), the
+    method (for the EMA), the optimiser, the EMA, the trainable parameters and the step's settings."""
+
+    model: nn.Module
+    method: Method
+    optimizer: torch.optim.Optimizer
+    ema: EMA
+    params: list[nn.Parameter]
+    use_amp: bool
+    grad_clip: float | None
+    device: torch.device
+
+
+def train_step(st: Stepper, x: Tensor, y: Tensor, generator: torch.Generator, lr: float, count: int,
+               dist_info: DistInfo | None = None) -> float:
+    """One optimisation step of the training loop (also what `pdae bench` times): set the learning rate,
+    forward the per-sample loss (bf16 autocast if `use_amp`) and its mean, stop on a non-finite loss before
+    changing anything (NonFiniteLoss), backward, clip, Adam, then the `count`-th EMA update.
+
+    -> the loss (mean over ranks under DDP)."""
+    for group in st.optimizer.param_groups:
+        group["lr"] = lr
+    with torch.autocast(st.device.type, dtype=torch.bfloat16, enabled=st.use_amp):
+        loss = st.model(x, y, generator).mean()
+    loss_value = _mean_over_ranks(loss.detach().float(), dist_info or DistInfo())
+    if not math.isfinite(loss_value):
+        raise NonFiniteLoss(loss_value)
+    st.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if st.grad_clip is not None:
+        nn.utils.clip_grad_norm_(st.params, st.grad_clip)
+    st.optimizer.step()
+    st.ema.update(st.method, count)
+    return loss_value
+
+
 @dataclasses.dataclass
 class TrainResult:
     out_dir: Path
@@ -325,6 +371,7 @@ def train(
     if tc.compile:
         model = torch.compile(model)
 
+    stepper = Stepper(model, method, optimizer, ema, params, use_amp, tc.grad_clip, dev)
     generator = torch.Generator(dev).manual_seed(seed * 1000 + dist_info.rank)
     torch.manual_seed(seed * 1000 + dist_info.rank + 1)  # dropout
     fingerprint = _run_fingerprint(method_name, cfg, seed, dist_info.world,  # the resolved precision too: a
@@ -406,24 +453,15 @@ def train(
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         lr = tc.lr * min(1.0, (images_seen + tc.batch_size) / tc.warmup_images) if tc.warmup_images else tc.lr
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-            loss = model(x, y, generator).mean()
-        loss_value = _mean_over_ranks(loss.detach().float(), dist_info)
-        if not math.isfinite(loss_value):
+        try:
+            loss_value = train_step(stepper, x, y, generator, lr, step + 1, dist_info)
+        except NonFiniteLoss as exc:
             bar.close()
             raise TrainingError(
-                f"non-finite loss ({loss_value}) at step {step + 1} ({images_seen} images seen); "
+                f"non-finite loss ({exc.value}) at step {step + 1} ({images_seen} images seen); "
                 f"the last good resume state is kept in {resume_dir}"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if tc.grad_clip is not None:
-            nn.utils.clip_grad_norm_(params, tc.grad_clip)
-        optimizer.step()
+            ) from None
         step += 1
-        ema.update(method, step)
         images_seen += tc.batch_size
         log_loss += loss_value
         log_n += 1

@@ -33,3 +33,18 @@ def test_run_benchmark_writes_images_per_second_and_ratios(tmp_path, capsys):
         assert r["images_per_s"] == pytest.approx(record["batch_size"] / r["seconds_per_step"])
     assert record["pdae_over_diffae"] == pytest.approx(res["pdae"]["images_per_s"] / res["diffae"]["images_per_s"])
     assert "PDAE / Diff-AE throughput ratio" in capsys.readouterr().out
+
+
+def test_bench_times_the_training_loops_own_step():
+    """`pdae bench` calls pdae.training.train_step (the loop's precision, Adam, EMA), not a copy of it."""
+    import torch
+
+    from pdae import bench, training
+    from pdae.precision import cpu_has_bf16
+
+    assert bench.train_step is training.train_step
+    dpm = build_methods("embedded")["dpm"]
+    r = bench.time_training_steps(dpm, (1, 16, 16), 4, steps=1, warmup=0, device=torch.device("cpu"))
+    assert r["precision"] == ("bf16" if cpu_has_bf16() else "fp32")
+    r = bench.time_training_steps(dpm, (1, 16, 16), 4, steps=1, warmup=0, device=torch.device("cpu"), amp="off")
+    assert r["precision"] == "fp32"
