@@ -297,6 +297,9 @@ def claim_efficiency(rows: Sequence[Mapping[str, Any]], health: Sequence[Mapping
                     dpm = {str(r.get("dpm_images", "-")) for r in mine} - {"-"}
                     parts.append(f"{METHOD_NAMES[m]} images to level {', '.join(_fmt(float(r['value'])) for r in mine)}"
                                  + (f" (+ its pre-trained DPM: {', '.join(sorted(dpm))} images)" if dpm else ""))
+            wall = [float(r["value"]) for r in select(eff, metric="wall_time_ratio", quality_metric="ssim")]
+            if wall:
+                parts.append(f"wall-time ratio to the level per seed {', '.join(_fmt(v) for v in wall)}")
             gate = make_gate(health, ds, len(vals), [], None, None)
             for m in ("pdae", "diffae"):
                 ok, reasons = health_mod.status_of(health, ds, m, ("converged",))
