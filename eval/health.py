@@ -69,6 +69,14 @@ def numeric_steps(rows: Iterable[Mapping[str, Any]]) -> list[int]:
     return sorted(out)
 
 
+def at_largest_steps(rows: Sequence[Mapping[str, Any]]) -> tuple[int | str, list[Mapping[str, Any]]]:
+    """(largest numeric step count T among `rows`, the rows at T); ("-", []) without numeric steps."""
+    steps = numeric_steps(rows)
+    if not steps:
+        return "-", []
+    return steps[-1], [r for r in rows if numeric_steps([r]) == steps[-1:]]
+
+
 def _row(dataset: str, model: str, seed: str, check: str, value: float | None, threshold: str, ok: bool | None,
          detail: str) -> dict[str, Any]:
     good, bad = ("converged", "not converged") if check == "converged" else ("healthy", "unhealthy")
@@ -89,17 +97,16 @@ def latent_checks(rows: Sequence[Mapping[str, Any]], dataset: str) -> list[dict[
     for method in ("pdae", "diffae"):
         mine = [r for r in un if r.get("method") == method and r.get("metric") in ("latent_std", "latent_mean_abs")]
         for seed in sorted({_canon(r.get("seed")) for r in mine}):
-            seed_rows = select(mine, seed=seed)
-            top = numeric_steps(seed_rows)[-1:]
-            std = [float(r["value"]) for r in select(seed_rows, metric="latent_std") if numeric_steps([r]) == top]
-            mean = [float(r["value"]) for r in select(seed_rows, metric="latent_mean_abs") if numeric_steps([r]) == top]
+            T, top_rows = at_largest_steps(select(mine, seed=seed))
+            std = [float(r["value"]) for r in select(top_rows, metric="latent_std")]
+            mean = [float(r["value"]) for r in select(top_rows, metric="latent_mean_abs")]
             if not std:
                 continue
             s, m = float(np.mean(std)), float(np.mean(mean)) if mean else 0.0
             ok = abs(s - 1.0) <= LATENT_STD_TOL and m <= LATENT_MEAN_MAX
             out.append(_row(dataset, f"{method} latent DPM", seed, "latent", s,
                             f"|std - 1| <= {LATENT_STD_TOL:g}, |mean| <= {LATENT_MEAN_MAX:g}", ok,
-                            f"sampled normalised z at T={top[0] if top else '-'}: std {format_number(s)}, "
+                            f"sampled normalised z at T={T}: std {format_number(s)}, "
                             f"|mean| {format_number(m)} (real: 1, 0)"))
     return out
 
@@ -116,14 +123,13 @@ def sample_checks(rows: Sequence[Mapping[str, Any]], dataset: str) -> list[dict[
         mine = select(conf, method=method)
         seeds = sorted({_canon(r.get("seed")) for r in mine})
         for seed in seeds:
-            seed_rows = select(mine, seed=seed)
-            top = numeric_steps(seed_rows)[-1:]
-            vals = [float(r["value"]) for r in seed_rows if numeric_steps([r]) == top]
+            T, top_rows = at_largest_steps(select(mine, seed=seed))
+            vals = [float(r["value"]) for r in top_rows]
             ratio = float(np.mean(vals)) / real_mean if real_mean > 0 else float("nan")
             ok = ratio >= CONFIDENT_RATIO_MIN if math.isfinite(ratio) else None
             label = "pre-trained DPM" if method == "ddim" else f"{method} decoder (via its latent DPM)"
             out.append(_row(dataset, label, seed, "samples", ratio, f">= {CONFIDENT_RATIO_MIN:g} of real", ok,
-                            f"confident fraction at T={top[0] if top else '-'}: samples "
+                            f"confident fraction at T={T}: samples "
                             f"{format_number(float(np.mean(vals)))} vs real {format_number(real_mean)} "
                             f"(n evals {len(vals)})"))
     return out
@@ -135,9 +141,9 @@ def z_use_checks(rows: Sequence[Mapping[str, Any]], dataset: str) -> list[dict[s
     floor = {run_seed(r): r for r in select(recon, method="unrelated") if r.get("values")}
     out = []
     for method in ("pdae", "diffae"):
-        mine = [r for r in select(recon, method=method, x_T="random") if str(r.get("sampler", "ddim")) == "ddim"]
-        top = numeric_steps(mine)[-1:]
-        for r in [r for r in mine if numeric_steps([r]) == top]:
+        T, top_rows = at_largest_steps(
+            [r for r in select(recon, method=method, x_T="random") if str(r.get("sampler", "ddim")) == "ddim"])
+        for r in top_rows:
             f = floor.get(run_seed(r))
             if f is None or not r.get("values") or len(f["values"]) != len(r["values"]):
                 out.append(_row(dataset, f"{method} autoencoder", _canon(r.get("seed")), "z_used", None,
@@ -148,7 +154,7 @@ def z_use_checks(rows: Sequence[Mapping[str, Any]], dataset: str) -> list[dict[s
             ok = ci.lo > Z_USE_MARGIN
             out.append(_row(dataset, f"{method} autoencoder", _canon(r.get("seed")), "z_used", ci.estimate,
                             f"SSIM - floor > {Z_USE_MARGIN:g} (95% CI lower end)", ok,
-                            f"random x_T, DDIM T={top[0]}: SSIM {format_number(float(r['value']))} vs unrelated "
+                            f"random x_T, DDIM T={T}: SSIM {format_number(float(r['value']))} vs unrelated "
                             f"pairs {format_number(float(f['value']))}; difference CI [{format_number(ci.lo)}, "
                             f"{format_number(ci.hi)}] over {diff.size} images"))
     return out
