@@ -20,10 +20,10 @@ from pdae.nets.cond_unet import (
     CondResBlock,
     DiffAEEncoder,
     DiffAEUNet,
-    attention_ds_from_resolutions,
     diffae_state_dict_to_ours,
 )
 from pdae.nets.layers import ResBlock
+from pdae.nets.unet import attention_factors
 
 FIXTURES = Path(__file__).parent / "fixtures" / "diffae_keys"
 
@@ -231,10 +231,10 @@ def test_config_round_trip_and_json() -> None:
 
 
 def test_attention_resolutions_to_downsample_factors() -> None:
-    assert attention_ds_from_resolutions(128, (16,), 5, "x") == (8,)
-    assert attention_ds_from_resolutions(64, (16, 8), 4, "x") == (4, 8)
-    with pytest.raises(ValueError, match=r"attention resolutions \[12\] never reached"):
-        attention_ds_from_resolutions(128, (12,), 5, "x")
+    assert attention_factors((16,), 5, "x", "attention_resolutions", 128) == (8,)
+    assert attention_factors((16, 8), 4, "x", "attention_resolutions", 64) == (4, 8)
+    with pytest.raises(ValueError, match=r"attention_resolutions \[12\] never reached"):
+        attention_factors((12,), 5, "x", "attention_resolutions", 128)
     with pytest.raises(ValueError, match="not divisible"):
         DiffAEUNet(12, base_channels=32, channel_mult=(1, 2, 2), attention_resolutions=())
 

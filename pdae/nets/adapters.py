@@ -57,7 +57,7 @@ from pdae.checkpoint import CheckpointError, load_state_dict_strict, safe_torch_
 from pdae.diffusion.schedule import Schedule
 from pdae.nets.layers import AttentionBlock, ResBlock
 from pdae.nets.prior import FeatureLayout, FrozenPrior, PriorFeatures
-from pdae.nets.unet import UNet
+from pdae.nets.unet import UNet, adm_layout, attention_factors
 
 __all__ = [
     "ADM_FAMILIES",
@@ -124,41 +124,22 @@ def _check_diffusers_config(cfg: Mapping[str, Any]) -> None:
 def diffusers_layout(cfg: Mapping[str, Any], emb_dim: int) -> FeatureLayout:
     """The `FeatureLayout` of a UNet2DModel configuration (ADM's layout, docs/protocol.md §2.1).
 
-    Skips in encoder order: conv_in (ds 1); per level i, `layers_per_block` resnet outputs (ds 2^i) and,
-    except for the last level, the downsampler output (ds 2^(i+1)); channels = block_out_channels[i].
-    `block_out_channels` is written as base * channel_mult with base = their gcd. Attention in the new
+    Skips as ADM's (`skip_layout`, with `layers_per_block` resnets per level): levels of
+    block_out_channels[i] channels, written as base * channel_mult with base = their gcd. Attention in the new
     decoder follows the prior's up path (levels with an `Attn*` up block), with diffusers' head width
     (`attention_head_dim`; None = one head).
     """
     chans = tuple(int(c) for c in cfg["block_out_channels"])
-    per_level = int(cfg["layers_per_block"])
     levels = len(chans)
     base = math.gcd(*chans)
-    skip_channels, skip_ds = [chans[0]], [1]
-    for level, ch in enumerate(chans):
-        skip_channels += [ch] * per_level
-        skip_ds += [2**level] * per_level
-        if level < levels - 1:
-            skip_channels.append(ch)
-            skip_ds.append(2 ** (level + 1))
     up_types = list(cfg["up_block_types"])
     attention_ds = sorted(2 ** (levels - 1 - i) for i, kind in enumerate(up_types) if kind.startswith("Attn"))
     head_dim = cfg.get("attention_head_dim")
-    return FeatureLayout(
-        in_channels=int(cfg["in_channels"]),
-        out_channels=int(cfg["out_channels"]),
-        base_channels=base,
-        channel_mult=tuple(ch // base for ch in chans),
-        num_res_blocks=per_level,
-        attention_ds=tuple(attention_ds),
-        num_heads=1,
-        head_channels=-1 if head_dim is None else int(head_dim),
-        new_attention_order=False,
-        dropout=float(cfg.get("dropout", 0.0)),
-        emb_dim=int(emb_dim),
-        middle_channels=chans[-1],
-        skip_channels=tuple(skip_channels),
-        skip_ds=tuple(skip_ds),
+    return adm_layout(
+        in_channels=int(cfg["in_channels"]), out_channels=int(cfg["out_channels"]), base_channels=base,
+        channel_mult=tuple(ch // base for ch in chans), num_res_blocks=int(cfg["layers_per_block"]),
+        attention_ds=tuple(attention_ds), num_heads=1, head_channels=-1 if head_dim is None else int(head_dim),
+        new_attention_order=False, dropout=float(cfg.get("dropout", 0.0)), emb_dim=int(emb_dim),
     )
 
 
@@ -550,7 +531,10 @@ def adm_options(flags: str | Sequence[str] | Mapping[str, Any] = "", family: str
 
 
 def adm_unet_kwargs(opts: Mapping[str, Any], family: str = "guided") -> dict[str, Any]:
-    """`AdmUNet` arguments from `adm_options(...)` (as create_model: 3 channels, 1000 classes if class_cond)."""
+    """`AdmUNet` arguments from `adm_options(...)` (as create_model: 3 channels, 1000 classes if class_cond).
+
+    `--attention_resolutions` are feature-map sizes (`attention_factors`); one that names no level raises,
+    where create_model ignores it."""
     if opts["predict_xstart"]:
         raise ValueError("ADM flag --predict_xstart True unsupported; PDAE needs an eps-prediction prior")
     size = opts["image_size"]
@@ -567,8 +551,8 @@ def adm_unet_kwargs(opts: Mapping[str, Any], family: str = "guided") -> dict[str
             f"ADM flag --image_size {size}: no default channel_mult in {family}-diffusion "
             f"(sizes {sorted(_ADM_CHANNEL_MULT[family])}; the 512 px model's half-width level is unsupported)"
         )
-    reachable = {2**level for level in range(len(mult))}
-    attention_ds = sorted({size // int(r) for r in str(opts["attention_resolutions"]).split(",") if r.strip()} & reachable)
+    resolutions = [int(r) for r in str(opts["attention_resolutions"]).split(",") if r.strip()]
+    attention_ds = sorted(set(attention_factors(resolutions, len(mult), "ADM flags", "--attention_resolutions", size)))
     T = opts["diffusion_steps"]
     return {
         "in_channels": 3,

@@ -15,7 +15,7 @@ Notation: emb -> time embedding [N, E]; z -> semantic code [N, latent_dim] (pass
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -32,15 +32,13 @@ from pdae.nets.layers import (
     timestep_embedding,
     zero_module,
 )
-from pdae.nets.prior import FeatureLayout
-from pdae.nets.unet import build_output_blocks
+from pdae.nets.unet import adm_layout, adm_levels, attention_factors, build_input_blocks, build_output_blocks
 
 __all__ = [
     "CondResBlock",
     "DiffAEEncoder",
     "DiffAEUNet",
     "EncoderResBlock",
-    "attention_ds_from_resolutions",
     "diffae_state_dict_to_ours",
 ]
 
@@ -114,64 +112,6 @@ class EncoderResBlock(nn.Module):
         return self.skip_connection(x) + h
 
 
-def attention_ds_from_resolutions(
-    image_size: int, resolutions: Sequence[int], levels: int, where: str
-) -> tuple[int, ...]:
-    """Diff-AE attention resolutions (feature-map sizes) -> ADM downsample factors (docs/protocol.md §2.1).
-
-    E.g. image_size 128, resolutions (16,) -> (8,). Raises when a resolution is never reached.
-    """
-    if image_size % 2 ** (levels - 1):
-        raise ValueError(
-            f"{where}: image_size={image_size} not divisible by 2^{levels - 1} ({levels} levels)"
-        )
-    reachable = {image_size // 2**level: 2**level for level in range(levels)}
-    bad = [r for r in resolutions if r not in reachable]
-    if bad:
-        raise ValueError(
-            f"{where}: attention resolutions {bad} never reached; feature-map sizes are "
-            f"{sorted(reachable, reverse=True)}"
-        )
-    return tuple(reachable[r] for r in resolutions)
-
-
-def _build_input_blocks(
-    make_sequential: Callable[..., nn.Sequential],
-    make_resblock: Callable[[int, int, bool], nn.Module],
-    make_attention: Callable[[int], nn.Module],
-    in_channels: int,
-    base_channels: int,
-    channel_mult: Sequence[int],
-    num_res_blocks: int,
-    attention_ds: Sequence[int],
-) -> tuple[nn.ModuleList, list[int], list[int], int]:
-    """ADM encoder half as built by Diff-AE (`resblock_updown=True`): input conv, then per level
-    `num_res_blocks` ResBlocks (+ attention at `attention_ds`) and a down-sampling ResBlock between levels.
-
-    :param make_resblock: (C_in, C_out, down) -> block.
-    :return: (blocks, skip channels, skip downsample factors, channels at the end).
-    """
-    ch = base_channels * channel_mult[0]
-    blocks = nn.ModuleList([make_sequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
-    skip_channels, skip_ds = [ch], [1]
-    ds = 1
-    for level, mult in enumerate(channel_mult):
-        for _ in range(num_res_blocks):
-            layers = [make_resblock(ch, base_channels * mult, False)]
-            ch = base_channels * mult
-            if ds in attention_ds:
-                layers.append(make_attention(ch))
-            blocks.append(make_sequential(*layers))
-            skip_channels.append(ch)
-            skip_ds.append(ds)
-        if level != len(channel_mult) - 1:
-            blocks.append(make_sequential(make_resblock(ch, ch, True)))
-            ds *= 2
-            skip_channels.append(ch)
-            skip_ds.append(ds)
-    return blocks, skip_channels, skip_ds, ch
-
-
 def _check_image(x: torch.Tensor, channels: int, image_size: int, where: str) -> None:
     expected = (channels, image_size, image_size)
     if x.ndim != 4 or tuple(x.shape[1:]) != expected:
@@ -214,15 +154,10 @@ class DiffAEEncoder(nn.Module):
         latent_dim: int = 512,
     ) -> None:
         super().__init__()
-        channel_mult = tuple(int(m) for m in channel_mult)
+        channel_mult = adm_levels(channel_mult, num_res_blocks, "DiffAEEncoder")
         attention_resolutions = tuple(int(r) for r in attention_resolutions)
-        if not channel_mult or num_res_blocks < 1:
-            raise ValueError(
-                f"DiffAEEncoder: need at least one level and one res block, got channel_mult={channel_mult}, "
-                f"num_res_blocks={num_res_blocks}"
-            )
-        attention_ds = attention_ds_from_resolutions(
-            image_size, attention_resolutions, len(channel_mult), "DiffAEEncoder"
+        attention_ds = attention_factors(
+            attention_resolutions, len(channel_mult), "DiffAEEncoder", "attention_resolutions", image_size
         )
         self.config: dict[str, Any] = {
             "image_size": image_size,
@@ -238,20 +173,15 @@ class DiffAEEncoder(nn.Module):
         }
         self.image_size = image_size
         self.in_channels = in_channels
-
-        def attention(ch: int) -> AttentionBlock:
-            return AttentionBlock(ch, num_heads, head_channels, new_attention_order)
-
-        self.input_blocks, _, _, ch = _build_input_blocks(
-            nn.Sequential,
-            lambda c_in, c_out, down: EncoderResBlock(c_in, c_out, down=down),
-            attention,
-            in_channels,
-            base_channels,
-            channel_mult,
-            num_res_blocks,
-            attention_ds,
+        attention = partial(
+            AttentionBlock, num_heads=num_heads, num_head_channels=head_channels,
+            use_new_attention_order=new_attention_order,
         )
+        self.input_blocks = build_input_blocks(
+            in_channels, base_channels, channel_mult, num_res_blocks, attention_ds,
+            nn.Sequential, lambda c_in, c_out, down: EncoderResBlock(c_in, c_out, down=down), attention,
+        )
+        ch = base_channels * channel_mult[-1]
         self.middle_block = nn.Sequential(EncoderResBlock(ch), attention(ch), EncoderResBlock(ch))
         self.out = nn.Sequential(
             normalization(ch),
@@ -322,15 +252,13 @@ class DiffAEUNet(nn.Module):
         enc_num_res_blocks: int = 2,
     ) -> None:
         super().__init__()
-        channel_mult = tuple(int(m) for m in channel_mult)
+        channel_mult = adm_levels(channel_mult, num_res_blocks, "DiffAEUNet")
         attention_resolutions = tuple(int(r) for r in attention_resolutions)
-        if not channel_mult or num_res_blocks < 1:
-            raise ValueError(
-                f"DiffAEUNet: need at least one level and one res block, got channel_mult={channel_mult}, "
-                f"num_res_blocks={num_res_blocks}"
-            )
-        attention_ds = attention_ds_from_resolutions(
-            image_size, attention_resolutions, len(channel_mult), "DiffAEUNet"
+        attention_ds = attention_factors(
+            attention_resolutions, len(channel_mult), "DiffAEUNet", "attention_resolutions", image_size
+        )
+        attention_factors(  # the encoder's, named by this network's key
+            enc_attention_resolutions, len(enc_channel_mult), "DiffAEUNet", "enc_attention_resolutions", image_size
         )
         self.config: dict[str, Any] = {
             "image_size": image_size,
@@ -354,9 +282,10 @@ class DiffAEUNet(nn.Module):
         self.base_channels = base_channels
         self.latent_dim = latent_dim
         block = partial(CondResBlock, cond_channels=latent_dim)
-
-        def attention(ch: int) -> AttentionBlock:
-            return AttentionBlock(ch, num_heads, head_channels, new_attention_order)
+        attention = partial(
+            AttentionBlock, num_heads=num_heads, num_head_channels=head_channels,
+            use_new_attention_order=new_attention_order,
+        )
 
         # Semantic encoder.
         self.encoder = DiffAEEncoder(
@@ -378,34 +307,20 @@ class DiffAEUNet(nn.Module):
         )
 
         # Encoder half, middle block, decoder half.
-        self.input_blocks, skip_channels, skip_ds, ch = _build_input_blocks(
-            EmbedSequential,
-            lambda c_in, c_out, down: block(c_in, embed_channels, dropout, c_out, down=down),
+        self.input_blocks = build_input_blocks(
+            in_channels, base_channels, channel_mult, num_res_blocks, attention_ds,
+            EmbedSequential, lambda c_in, c_out, down: block(c_in, embed_channels, dropout, c_out, down=down),
             attention,
-            in_channels,
-            base_channels,
-            channel_mult,
-            num_res_blocks,
-            attention_ds,
         )
+        layout = adm_layout(
+            in_channels=in_channels, out_channels=in_channels, base_channels=base_channels,
+            channel_mult=channel_mult, num_res_blocks=num_res_blocks, attention_ds=attention_ds,
+            num_heads=num_heads, head_channels=head_channels, new_attention_order=new_attention_order,
+            dropout=dropout, emb_dim=embed_channels,
+        )
+        ch = layout.middle_channels
         self.middle_block = EmbedSequential(
             block(ch, embed_channels, dropout), attention(ch), block(ch, embed_channels, dropout)
-        )
-        layout = FeatureLayout(
-            in_channels=in_channels,
-            out_channels=in_channels,
-            base_channels=base_channels,
-            channel_mult=channel_mult,
-            num_res_blocks=num_res_blocks,
-            attention_ds=attention_ds,
-            num_heads=num_heads,
-            head_channels=head_channels,
-            new_attention_order=new_attention_order,
-            dropout=dropout,
-            emb_dim=embed_channels,
-            middle_channels=ch,
-            skip_channels=tuple(skip_channels),
-            skip_ds=tuple(skip_ds),
         )
         self.output_blocks = build_output_blocks(layout, block, dropout)  # type: ignore[arg-type]
         out_ch = base_channels * channel_mult[0]

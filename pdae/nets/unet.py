@@ -3,11 +3,17 @@
 State-dict keys and shapes equal the official PDAE `UNet` (model/unet.py; docs/protocol.md §3.2), so published
 `ema_denoise_fn` checkpoints (and Diff-AE DDIM baselines with the `ema_model.` prefix stripped, §3.4)
 load without renaming. Implements `FrozenPrior` so PDAE's gradient estimator reuses its encoder half.
+
+The ADM parts are written once here and shared by every ADM-shaped network (this U-Net, Diff-AE's
+`DiffAEUNet`/`DiffAEEncoder`, the openai and diffusers priors in `adapters.py`, PDAE's `GradientEstimator`):
+`adm_levels` and `attention_factors` (the argument rules), `skip_layout` and `adm_layout` (what the encoder half
+hands to a decoder), `build_input_blocks` (the encoder half) and `build_output_blocks` (the decoder half).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -23,7 +29,16 @@ from pdae.nets.layers import (
 )
 from pdae.nets.prior import FeatureLayout, FrozenPrior, PriorFeatures
 
-__all__ = ["UNet", "OFFICIAL_CONFIG_KEYS"]
+__all__ = [
+    "OFFICIAL_CONFIG_KEYS",
+    "UNet",
+    "adm_layout",
+    "adm_levels",
+    "attention_factors",
+    "build_input_blocks",
+    "build_output_blocks",
+    "skip_layout",
+]
 
 # official `denoise_fn_config` key -> our constructor argument (docs/protocol.md §3.1)
 OFFICIAL_CONFIG_KEYS: dict[str, str] = {
@@ -78,20 +93,8 @@ class UNet(FrozenPrior):
         num_classes: int | None = None,
     ) -> None:
         super().__init__()
-        channel_mult = tuple(int(m) for m in channel_mult)
-        attention_ds = tuple(int(d) for d in attention_ds)
-        reachable = [2**level for level in range(len(channel_mult))]
-        if not channel_mult or num_res_blocks < 1:
-            raise ValueError(
-                f"UNet: need at least one level and one res block, got channel_mult={channel_mult}, "
-                f"num_res_blocks={num_res_blocks}"
-            )
-        bad_ds = [d for d in attention_ds if d not in reachable]
-        if bad_ds:
-            raise ValueError(
-                f"UNet: attention_ds {bad_ds} never reached; downsample factors are {reachable} "
-                f"(attention_ds are factors, not resolutions)"
-            )
+        channel_mult = adm_levels(channel_mult, num_res_blocks, "UNet")
+        attention_ds = attention_factors(attention_ds, len(channel_mult), "UNet", "attention_ds")
         self.config: dict[str, Any] = {
             "in_channels": in_channels,
             "base_channels": base_channels,
@@ -108,9 +111,10 @@ class UNet(FrozenPrior):
         self.base_channels = base_channels
         self.num_classes = num_classes
         emb_dim = 4 * base_channels
-
-        def attention(ch: int) -> AttentionBlock:
-            return AttentionBlock(ch, num_heads, head_channels, new_attention_order)
+        attention = partial(
+            AttentionBlock, num_heads=num_heads, num_head_channels=head_channels,
+            use_new_attention_order=new_attention_order,
+        )
 
         # Time (and class) embedding.
         self.time_embed = nn.Sequential(
@@ -119,45 +123,19 @@ class UNet(FrozenPrior):
         if num_classes is not None:
             self.label_emb = nn.Embedding(num_classes, emb_dim)
 
-        # Encoder half: input conv, then per level num_res_blocks ResBlocks (+ attention) and a
-        # down-sampling ResBlock between levels.
-        ch = base_channels * channel_mult[0]
-        self.input_blocks = nn.ModuleList([EmbedSequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
-        skip_channels, skip_ds = [ch], [1]
-        ds = 1
-        for level, mult in enumerate(channel_mult):
-            for _ in range(num_res_blocks):
-                layers: list[nn.Module] = [ResBlock(ch, emb_dim, dropout, base_channels * mult)]
-                ch = base_channels * mult
-                if ds in attention_ds:
-                    layers.append(attention(ch))
-                self.input_blocks.append(EmbedSequential(*layers))
-                skip_channels.append(ch)
-                skip_ds.append(ds)
-            if level != len(channel_mult) - 1:
-                self.input_blocks.append(EmbedSequential(ResBlock(ch, emb_dim, dropout, down=True)))
-                ds *= 2
-                skip_channels.append(ch)
-                skip_ds.append(ds)
-
-        self._layout = FeatureLayout(
-            in_channels=in_channels,
-            out_channels=2 * in_channels if learn_sigma else in_channels,
-            base_channels=base_channels,
-            channel_mult=channel_mult,
-            num_res_blocks=num_res_blocks,
-            attention_ds=attention_ds,
-            num_heads=num_heads,
-            head_channels=head_channels,
-            new_attention_order=new_attention_order,
-            dropout=dropout,
-            emb_dim=emb_dim,
-            middle_channels=ch,
-            skip_channels=tuple(skip_channels),
-            skip_ds=tuple(skip_ds),
+        # Encoder half, middle block, decoder half.
+        self._layout = adm_layout(
+            in_channels=in_channels, out_channels=2 * in_channels if learn_sigma else in_channels,
+            base_channels=base_channels, channel_mult=channel_mult, num_res_blocks=num_res_blocks,
+            attention_ds=attention_ds, num_heads=num_heads, head_channels=head_channels,
+            new_attention_order=new_attention_order, dropout=dropout, emb_dim=emb_dim,
         )
-
-        # Middle block and decoder half.
+        self.input_blocks = build_input_blocks(
+            in_channels, base_channels, channel_mult, num_res_blocks, attention_ds,
+            EmbedSequential, lambda c_in, c_out, down: ResBlock(c_in, emb_dim, dropout, c_out, down=down),
+            attention,
+        )
+        ch = self._layout.middle_channels
         self.middle_block = EmbedSequential(
             ResBlock(ch, emb_dim, dropout), attention(ch), ResBlock(ch, emb_dim, dropout)
         )
@@ -227,6 +205,102 @@ class UNet(FrozenPrior):
     ) -> torch.Tensor:
         """eps_theta(x_t, t): [N, C, H, W] -> [N, C, H, W] ([N, 2C, H, W] when learn_sigma)."""
         return self.decode_features(self.encode_features(x_t, t, y))
+
+
+def adm_levels(channel_mult: Sequence[int], num_res_blocks: int, where: str) -> tuple[int, ...]:
+    """`channel_mult` as a tuple of ints; one-line ValueError without a level or a ResBlock per level."""
+    mult = tuple(int(m) for m in channel_mult)
+    if not mult or num_res_blocks < 1:
+        raise ValueError(
+            f"{where}: need at least one level and one res block, got channel_mult={mult}, "
+            f"num_res_blocks={num_res_blocks}"
+        )
+    return mult
+
+
+def attention_factors(
+    values: Sequence[int], levels: int, where: str, key: str, image_size: int | None = None
+) -> tuple[int, ...]:
+    """The attention rule of every ADM network here: attention follows each ResBlock of the levels listed,
+    a level named by its downsample factor ds = 2^k (official PDAE code, model/unet.py `ds in
+    attention_resolutions`) or, given `image_size`, by its feature-map size image_size / 2^k (official
+    Diff-AE code, model/unet.py `resolution in attention_resolutions`; openai `create_model`).
+
+    The official networks ignore a value that names no level; here it raises a one-line ValueError
+    naming `key`, as does an `image_size` not divisible by 2^(levels - 1).
+    :return: the downsample factors, in the order given.
+    """
+    factors = [2**k for k in range(levels)]
+    values = [int(v) for v in values]
+    if image_size is None:
+        named, what = factors, "downsample factors (not feature-map sizes)"
+    elif image_size % 2 ** max(levels - 1, 0):
+        raise ValueError(f"{where}: image_size={image_size} not divisible by 2^{levels - 1} ({levels} levels)")
+    else:
+        named, what = [image_size // f for f in factors], f"feature-map sizes at image_size={image_size}"
+    bad = [v for v in values if v not in named]
+    if bad:
+        raise ValueError(f"{where}: {key} {bad} never reached; the {levels} levels' {what} are {named}")
+    return tuple(factors[named.index(v)] for v in values)
+
+
+def skip_layout(level_channels: Sequence[int], num_res_blocks: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(channels, downsample factors) of the skips an ADM encoder half hands its decoder, in encoder order
+    (official PDAE code, model/unet.py `input_block_chans`; diffusers `UNet2DModel` down blocks): the input
+    conv (level 0, ds 1); per level k, `num_res_blocks` ResBlocks (level_channels[k], ds 2^k) and, but at
+    the last level, the down-sampling block (level_channels[k], ds 2^(k+1)).
+    """
+    channels, ds = [level_channels[0]], [1]
+    for level, ch in enumerate(level_channels):
+        channels += [ch] * num_res_blocks
+        ds += [2**level] * num_res_blocks
+        if level < len(level_channels) - 1:
+            channels.append(ch)
+            ds.append(2 ** (level + 1))
+    return tuple(channels), tuple(ds)
+
+
+def adm_layout(
+    *, base_channels: int, channel_mult: Sequence[int], num_res_blocks: int, **fields: Any
+) -> FeatureLayout:
+    """The `FeatureLayout` of an ADM encoder half with levels of base_channels * channel_mult channels:
+    `skip_layout` and the middle width (the last level's) added to `fields` (FeatureLayout's others)."""
+    level_channels = [base_channels * m for m in channel_mult]
+    skip_channels, skip_ds = skip_layout(level_channels, num_res_blocks)
+    return FeatureLayout(
+        base_channels=base_channels, channel_mult=tuple(channel_mult), num_res_blocks=num_res_blocks,
+        middle_channels=level_channels[-1], skip_channels=skip_channels, skip_ds=skip_ds, **fields,
+    )
+
+
+def build_input_blocks(
+    in_channels: int,
+    base_channels: int,
+    channel_mult: Sequence[int],
+    num_res_blocks: int,
+    attention_ds: Sequence[int],
+    make_sequential: Callable[..., nn.Sequential],
+    make_resblock: Callable[[int, int, bool], nn.Module],
+    make_attention: Callable[[int], nn.Module],
+) -> nn.ModuleList:
+    """ADM encoder half, one block per skip of `skip_layout` (official PDAE code, model/unet.py; Diff-AE
+    model/unet.py with `resblock_updown=True`): the input Conv3x3, then a ResBlock (+ attention where its
+    ds is in `attention_ds`) or, where ds doubles, a down-sampling ResBlock; levels of
+    base_channels * channel_mult channels. Keys: `{i}.0` the conv or ResBlock, `{i}.1` the attention.
+
+    :param make_sequential: the container (`EmbedSequential`, or `nn.Sequential` without time input).
+    :param make_resblock: (C_in, C_out, down) -> ResBlock.
+    :param make_attention: C -> attention block.
+    """
+    channels, ds = skip_layout([base_channels * m for m in channel_mult], num_res_blocks)
+    blocks = nn.ModuleList([make_sequential(nn.Conv2d(in_channels, channels[0], 3, padding=1))])
+    for c_in, c_out, ds_in, ds_out in zip(channels, channels[1:], ds, ds[1:]):
+        down = ds_out != ds_in
+        layers = [make_resblock(c_in, c_out, down)]
+        if not down and ds_out in attention_ds:
+            layers.append(make_attention(c_out))
+        blocks.append(make_sequential(*layers))
+    return blocks
 
 
 def build_output_blocks(
