@@ -1,7 +1,7 @@
 """The paper's claims, tested on the evaluation records with intervals, health and convergence gates.
 
     python -m eval claims --records FILE... [--out-dir results/tables]
-        -> claims.csv / claims.md (one row per claim and setting) and health.csv / health.md (eval.health)
+        -> claims.csv / .md / .html (one row per claim and setting) and health.csv / .md / .html (eval.health)
 
 Each row quotes what the paper says (`paper_says`, with its section), the comparison made here, the point
 estimate and a 95 % bootstrap interval, the number of seeds, a verdict and the reason for it:
@@ -452,17 +452,48 @@ def render_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_html(rows: Sequence[Mapping[str, Any]], health: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
+    """(claims page, health page) for the report: claims first, then sanity rows; verdicts and statuses coloured
+    (reproduced / healthy green, not reproduced / unhealthy red, inconclusive amber, unknown grey)."""
+    import pandas as pd
+
+    from eval.tables_html import html_page, styled_html
+
+    def interval(r: Mapping[str, Any]) -> str:
+        return "" if r["ci_low"] in ("", "-") else f"[{_cell(r['ci_low'])}, {_cell(r['ci_high'])}]"
+
+    ordered = [r for r in rows if r["kind"] == "claim"] + [r for r in rows if r["kind"] != "claim"]
+    table = pd.DataFrame([{"claim": r["claim"] + ("" if r["kind"] == "claim" else f" ({r['kind']})"),
+                           "dataset": r["dataset"], "setting": r["setting"], "verdict": r["verdict"],
+                           "estimate": _cell(r["estimate"]), "95% CI": interval(r), "seeds": r["n_seeds"],
+                           "the paper says": r["paper_says"], "source": r["source"], "reason": r["reason"],
+                           "evidence": r["evidence"]} for r in ordered])
+    why = ["claim", "dataset", "setting", "verdict", "reason", "evidence"]
+    intro = " ".join(INTRO.split("\n")[2:]).replace("**", "").replace("`", "").replace("health.md", "the Model health table")
+    checks = pd.DataFrame([{c: _cell(h[c]) for c in health_mod.HEALTH_COLUMNS} for h in health])
+    return (html_page("Claims of the paper: evidence and verdicts", intro,
+                      styled_html(table.drop(columns=why[4:]), "claims", colour="verdict"),
+                      "<details><summary>Reasons and evidence</summary>"
+                      + styled_html(table[why], "claims_why", colour="verdict") + "</details>"),
+            html_page("Model health", "Every trained model behind a verdict: latent DPM moments, decoder samples, "
+                      "z used, convergence. A claim that uses an unhealthy model is inconclusive.",
+                      styled_html(checks, "health", colour="status")))
+
+
 def write_claims(rows: Sequence[Mapping[str, Any]], out_dir: str | Path) -> list[Path]:
-    """claims.csv / claims.md / health.csv / health.md under out_dir."""
+    """claims.csv / .md / .html and health.csv / .md / .html under out_dir."""
     from eval.tables import _write_text, write_csv
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result, health = claims(rows)
+    claims_html, health_html = render_html(result, health)
     return [write_csv(out_dir / "claims.csv", result, CLAIM_COLUMNS),
             _write_text(out_dir / "claims.md", render_markdown(result)),
+            _write_text(out_dir / "claims.html", claims_html),
             write_csv(out_dir / "health.csv", health, health_mod.HEALTH_COLUMNS),
-            _write_text(out_dir / "health.md", health_mod.render_markdown(health))]
+            _write_text(out_dir / "health.md", health_mod.render_markdown(health)),
+            _write_text(out_dir / "health.html", health_html)]
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -474,7 +505,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register_cli(subparsers: Any) -> None:
-    help_text = ("records -> claims.csv/.md (the paper's claims with intervals and verdicts) and health.csv/.md "
+    help_text = ("records -> claims.csv/.md/.html (the paper's claims with intervals and verdicts) and health.csv/.md/.html "
                  "(the health of every model behind them)")
     p = subparsers.add_parser("claims", help=help_text, description=help_text)
     p.add_argument("--records", nargs="+", required=True, help="records JSON files (with per-unit values)")

@@ -5,8 +5,8 @@ Encoders: trained PDAE and Diff-AE encoders, plus two controls: an untrained enc
 architecture and config (seeded initialisation) and the raw pixels. Protocol, identical for every
 feature set: features of the first `num_train` images of the training split and the first `num_test`
 held-out images; standardise with the training mean / std; fit an L2-regularised multinomial logistic
-regression on the training features by full-batch L-BFGS from zero (deterministic); report held-out
-accuracy. Targets: the class labels, every binary attribute and, for `shapes`, every categorical
+regression on the training features (scikit-learn's `LogisticRegression`, lbfgs, deterministic); report
+held-out accuracy. Targets: the class labels, every binary attribute and, for `shapes`, every categorical
 factor other than the label factor (colour, background, ...).
 
 Notation: x -> features [N, F]; y -> integer targets [N] in {0, ..., K-1}.
@@ -15,11 +15,15 @@ Notation: x -> features [N, F]; y -> integer targets [N] in {0, ..., K-1}.
 from __future__ import annotations
 
 import argparse
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
 from torch import Tensor, nn
 
 from eval.common import (
@@ -34,7 +38,7 @@ from eval.common import (
 
 # Defaults of the probe (recorded in the output's meta).
 DEFAULT_L2 = 1e-3          # lambda of the mean cross-entropy + lambda / 2 * ||W||^2 objective
-DEFAULT_MAX_ITER = 200     # L-BFGS iterations
+DEFAULT_MAX_ITER = 200     # lbfgs iterations (LogisticRegression max_iter)
 STD_FLOOR = 1e-6           # standardisation: features with smaller std are only centred
 CONTROL_LABELS = ("random_encoder", "pixels")
 
@@ -68,13 +72,16 @@ def standardisation(x: Tensor) -> tuple[Tensor, Tensor]:
     return x.mean(0), x.std(0, unbiased=False).clamp_min(STD_FLOOR)
 
 
-# L2-regularised multinomial logistic regression, full-batch L-BFGS (convex: a unique optimum).
+# L2-regularised multinomial logistic regression (convex: a unique optimum), fitted by scikit-learn.
 def fit_linear_probe(
     x: Tensor, y: Tensor, num_classes: int | None = None, l2: float = DEFAULT_L2, max_iter: int = DEFAULT_MAX_ITER
 ) -> LinearProbe:
     """Minimise mean_i CE(W u_i + b, y_i) + l2 / 2 ||W||_F^2 over (W, b), u = standardised x.
 
-    Deterministic: zero initialisation, float64, full batch, L-BFGS with strong-Wolfe line search.
+    scikit-learn's `LogisticRegression` (lbfgs) minimises C sum_i CE + ||W||^2 / 2, the same optimum for
+    C = 1 / (l2 N). With two classes it fits one vector w (logit difference); the softmax optimum above is
+    W = [-w/2, w/2], whose penalty l2 / 4 ||w||^2 needs C = 2 / (l2 N). Classes in [0, num_classes) absent
+    from y get zero weights and bias -inf (never predicted); a single class is predicted everywhere.
     :param x: training features [N, F]; :param y: integer targets [N] in [0, num_classes).
     """
     if x.ndim != 2 or y.ndim != 1 or x.shape[0] != y.shape[0] or x.shape[0] < 2:
@@ -85,21 +92,22 @@ def fit_linear_probe(
     if int(y.min()) < 0 or int(y.max()) >= k:
         raise ValueError(f"probe: targets must lie in [0, {k}), got [{int(y.min())}, {int(y.max())}]")
     mean, std = standardisation(x)
-    u = (x.double() - mean) / std
-    weight = torch.zeros(k, x.shape[1], dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros(k, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, tolerance_grad=1e-9,
-                            tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe")
-
-    def closure() -> Tensor:
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(u @ weight.T + bias, y) + 0.5 * l2 * weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
-    return LinearProbe(mean, std, weight.detach(), bias.detach())
+    u = ((x.double() - mean) / std).numpy()
+    classes = np.unique(y.numpy())
+    weight = np.zeros((k, x.shape[1]))
+    bias = np.full(k, -np.inf)
+    if len(classes) == 1:
+        bias[classes] = 0.0
+    else:
+        c = (2.0 if len(classes) == 2 else 1.0) / (l2 * len(u)) if l2 > 0 else np.inf
+        with warnings.catch_warnings():  # max_iter bounds the work; the probe reports accuracy either way
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            fit = LogisticRegression(C=c, tol=1e-8, max_iter=max_iter).fit(u, y.numpy())
+        coef, intercept = fit.coef_, fit.intercept_
+        if len(classes) == 2:
+            coef, intercept = np.concatenate([-coef, coef]) / 2, np.concatenate([-intercept, intercept]) / 2
+        weight[classes], bias[classes] = coef, intercept
+    return LinearProbe(mean, std, torch.from_numpy(weight), torch.from_numpy(bias))
 
 
 def probe_accuracy(
@@ -251,7 +259,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         max_iter=args.max_iter, majority_baseline=chance,
         feature_dims={label: int(f[0].shape[1]) for label, f in features.items()},
         notes="held-out accuracy of an L2-regularised multinomial logistic regression on standardised frozen "
-              "features (full-batch L-BFGS from zero); random_encoder = untrained encoder of the first "
+              "features (scikit-learn LogisticRegression, lbfgs); random_encoder = untrained encoder of the first "
               "--encoder's architecture seeded by --seed; pixels = raw images in [-1, 1]",
     )
     return 0
@@ -273,7 +281,7 @@ def register_cli(subparsers: Any) -> None:
     p.add_argument("--num-test", type=int, default=500, help="first N held-out images to score on")
     p.add_argument("--l2", type=float, default=DEFAULT_L2,
                    help="L2 penalty lambda (objective: mean CE + lambda/2 ||W||^2)")
-    p.add_argument("--max-iter", type=int, default=DEFAULT_MAX_ITER, help="L-BFGS iterations")
+    p.add_argument("--max-iter", type=int, default=DEFAULT_MAX_ITER, help="lbfgs iterations of LogisticRegression")
     p.add_argument("--out", required=True, help="records JSON to write")
     p.add_argument("--seed", type=int, default=0, help="seed of the random-encoder control")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")

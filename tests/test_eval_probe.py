@@ -1,5 +1,6 @@
-"""Linear probe (eval/probe.py): separable data is read perfectly, random labels are not, the optimum is
-scikit-learn's, targets and controls are the right ones, and the CLI writes the probe table."""
+"""Linear probe (eval/probe.py, scikit-learn's LogisticRegression): separable data is read perfectly, random labels
+are not, the optimum is the hand-written L-BFGS probe's it replaced, absent classes are never predicted, targets
+and controls are the right ones, and the CLI writes the probe table."""
 
 from __future__ import annotations
 
@@ -42,21 +43,57 @@ def test_random_labels_give_chance_accuracy() -> None:
     assert abs(acc - 0.5) < 0.04  # 3.6 binomial standard deviations at n = 2000
 
 
-def test_probe_is_deterministic_and_matches_sklearn_optimum() -> None:
-    from sklearn.linear_model import LogisticRegression
+def _previous_probe(x: torch.Tensor, y: torch.Tensor, k: int, l2: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The hand-written probe that scikit-learn replaced: mean CE + l2 / 2 ||W||^2 on standardised x, float64,
+    full-batch L-BFGS from zero (kept here as the reference the new probe must agree with)."""
+    u = (x.double() - x.double().mean(0)) / x.double().std(0, unbiased=False).clamp_min(1e-6)
+    weight = torch.zeros(k, x.shape[1], dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(k, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=2000, tolerance_grad=1e-12, tolerance_change=1e-15,
+                            history_size=20, line_search_fn="strong_wolfe")
 
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(u @ weight.T + bias, y) + 0.5 * l2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return weight.detach(), bias.detach()
+
+
+@pytest.mark.parametrize("k", [3, 2])
+def test_probe_agrees_with_the_previous_hand_written_probe(k: int) -> None:
+    """Same objective, same optimum: weights and logits within 1e-4 of the L-BFGS fit it replaced, for three
+    classes (multinomial) and two (scikit-learn's single logit-difference vector, C doubled), deterministically."""
     x, y = _separable(400, 2)
     x = x + 0.8 * torch.randn(x.shape, generator=torch.Generator().manual_seed(3))  # not separable any more
+    y = y % k
     l2 = 1e-2
-    a, b = fit_linear_probe(x, y, 3, l2=l2), fit_linear_probe(x, y, 3, l2=l2)
+    a, b = fit_linear_probe(x, y, k, l2=l2), fit_linear_probe(x, y, k, l2=l2)
     assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
-    # sklearn minimises 1/2 ||W||^2 + C sum_i CE, i.e. ours with C = 1 / (N l2).
-    u = ((x.double() - a.mean) / a.std).numpy()
-    ref = LogisticRegression(C=1.0 / (len(x) * l2), tol=1e-10, max_iter=5000).fit(u, y.numpy())
-    np.testing.assert_allclose(a.weight.numpy(), ref.coef_, atol=2e-4)
-    # Bias is defined up to a constant shift across classes (softmax invariance).
-    centred = a.bias.numpy() - a.bias.numpy().mean()
-    np.testing.assert_allclose(centred, ref.intercept_ - ref.intercept_.mean(), atol=2e-4)
+    weight, bias = _previous_probe(x, y, k, l2)
+    assert a.weight.shape == (k, 10) and a.bias.shape == (k,)
+    np.testing.assert_allclose(a.weight.numpy(), weight.numpy(), atol=1e-4)
+    # Bias is defined up to a constant shift across classes (softmax invariance): compare centred.
+    np.testing.assert_allclose(a.bias.numpy() - a.bias.numpy().mean(), (bias - bias.mean()).numpy(), atol=1e-4)
+    x_te, y_te = _separable(300, 4)
+    u = (x_te.double() - a.mean) / a.std
+    logits = u @ weight.T + bias
+    assert torch.equal(a.predict(x_te), logits.argmax(1))
+    np.testing.assert_allclose(torch.softmax(a.logits(x_te), 1).numpy(), torch.softmax(logits, 1).numpy(), atol=1e-4)
+
+
+def test_classes_absent_from_training_are_never_predicted() -> None:
+    x, y = _separable(300, 5)
+    keep = y != 1
+    probe = fit_linear_probe(x[keep], y[keep], num_classes=4)
+    assert probe.weight.shape == (4, 10) and torch.all(probe.weight[[1, 3]] == 0)
+    assert torch.isinf(probe.bias[1]) and torch.isinf(probe.bias[3])
+    assert set(probe.predict(x).tolist()) <= {0, 2}
+    assert probe_accuracy(x[keep], y[keep], x[keep], y[keep]) > 0.95
+    one = fit_linear_probe(x, torch.full((300,), 2), num_classes=3)
+    assert torch.all(one.predict(x) == 2)
 
 
 def test_bad_inputs_are_one_line_errors() -> None:

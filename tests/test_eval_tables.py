@@ -1,15 +1,19 @@
-"""eval.paper / eval.tables: aggregation numbers, the paper column, renderings, intervals from per-unit values."""
+"""eval.paper / eval.tables / eval.tables_html: aggregation numbers, the paper column, renderings (byte-equal to the
+hand-written version before pandas on fixed records), intervals, the paper's layouts of Tables 1-3 and the claims
+page with verdict colours."""
 
 from __future__ import annotations
 
 import argparse
 import csv
 import math
+import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from eval import paper, tables
+from eval import claims, paper, tables, tables_html
 from eval.common import write_records
 
 PROV = {"dataset": "digits", "code_version": "abc123", "config": "-", "images_seen": 1000}
@@ -125,7 +129,7 @@ def test_write_tables_renders_mean_std_and_paper(tmp_path: Path) -> None:
     records = write_records(tmp_path / "recon.json", rows)
     out = tmp_path / "tables"
     names = sorted(p.name for p in tables.write_tables(tables.load_rows([records]), out))
-    assert names == ["paper.csv", "recon.csv", "recon.md", "recon.tex", "recon_rows.csv"]
+    assert names == ["paper.csv", "recon.csv", "recon.html", "recon.md", "recon.tex", "recon_rows.csv"]
     md = (out / "recon.md").read_text()
     assert "| dataset | method | steps | sampler | x_T | metric | data_source | mean ± std | n | paper |" in md
     assert "| ffhq128 | pdae | 100 | ddim | random | ssim | lmdb | 0.7 ± 0.01 | 3 | 0.696 [1] |" in md
@@ -201,3 +205,126 @@ def test_interval_from_bootstrap_replicates() -> None:
                 units="bootstrap") for s in range(3)]
     (agg,) = tables.aggregate(tables.tidy(rows))
     assert 9.0 <= agg["ci_low"] < agg["mean"] == 11.0 < agg["ci_high"] <= 13.0
+
+
+# ---------------------------------------------------------------------------------------------- same outputs as before
+
+GOLDEN = Path(__file__).parent / "fixtures" / "tables"
+
+
+def test_outputs_equal_the_hand_written_version_byte_for_byte(tmp_path: Path) -> None:
+    """fixtures/tables/golden holds what eval/tables.py wrote at bd85277 (hand-written CSV parsing, statistics,
+    Markdown and LaTeX, before pandas) from fixtures/tables/records.json: records of the `.test` DAG (digits,
+    seeds 1 and 2 scaled copies of seed 0, one code version changed), a deduplicated few-shot naive baseline,
+    efficiency rows with images_seen as a key and wall time averaged, and an FFHQ128 model with the paper's
+    Table 1 numbers and notes. Every CSV, Markdown and LaTeX file must be the same bytes."""
+    written = {p.name for p in tables.write_tables(tables.load_rows([GOLDEN / "records.json"]), tmp_path)}
+    golden = sorted(p.name for p in (GOLDEN / "golden").iterdir())
+    assert len(golden) == 21 and set(golden) <= written
+    for name in golden:
+        assert (tmp_path / name).read_bytes() == (GOLDEN / "golden" / name).read_bytes(), name
+    # The tidy CSV is an input too: read back, it aggregates to the same table.
+    again = tables.aggregate(tables.tidy(tables.load_rows([tmp_path / "recon_rows.csv"])))
+    assert [r["mean"] for r in again] == [r["mean"] for r in tables.aggregate(
+        [r for r in tables.tidy(tables.load_rows([GOLDEN / "records.json"])) if r["table"] == "recon"])]
+
+
+def test_load_rows_rejects_csv_without_numeric_values(tmp_path: Path) -> None:
+    (tmp_path / "bad.csv").write_text("table,metric,value\nrecon,ssim,\n")
+    with pytest.raises(ValueError, match="non-numeric value '-'"):
+        tables.load_rows([tmp_path / "bad.csv"])
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="no 'value' column"):
+        tables.load_rows([tmp_path / "other.csv"])
+    (tmp_path / "ok.csv").write_text("table,metric,value,steps,note\nrecon,ssim,0.5,100,\n")
+    assert tables.load_rows([tmp_path / "ok.csv"]) == [
+        {"table": "recon", "metric": "ssim", "value": 0.5, "steps": 100, "note": "-"}]
+
+
+# ---------------------------------------------------------------------------------------------- HTML
+
+def _table1_rows() -> list[dict]:
+    """PDAE, Diff-AE and DDIM on an FFHQ128 model (lmdb data), DDIM T = 10 and 100, two seeds, standard backend."""
+    rows = []
+    for method, x_T, ssim in (("pdae", "random", 0.70), ("pdae", "inferred", 0.99), ("diffae", "random", 0.68),
+                              ("ddim", "inferred", 0.92)):
+        for steps in (10, 100):
+            for metric, v in (("ssim", ssim), ("lpips", 0.09), ("mse", 0.005)):
+                rows += recon(method, x_T, metric, [v, v + 0.01], steps=steps, backend="standard")
+    for r in rows:
+        r["dataset"], r["config"] = "lmdb", f"results/ffhq128/{r['method']}/seed{r['seed']}/model"
+    return rows
+
+
+def test_table1_in_the_papers_layout_with_the_papers_number_beside_ours() -> None:
+    agg = tables.aggregate([r for r in tables.tidy(_table1_rows())])
+    long = pd.DataFrame(agg).assign(ours=[tables.format_mean_std(r["mean"], r["std"]) for r in agg])
+    wide = tables_html.wide("recon", long)
+    assert list(wide.index) == [("ffhq128", "PDAE", "random"), ("ffhq128", "PDAE", "inferred"),
+                                ("ffhq128", "Diff-AE", "random"), ("ffhq128", "DDIM", "inferred")]  # the paper's order
+    assert list(wide.columns[:6]) == [("T = 10", "SSIM", "ours"), ("T = 10", "SSIM", "paper"),
+                                      ("T = 10", "LPIPS", "ours"), ("T = 10", "LPIPS", "paper"),
+                                      ("T = 10", "MSE", "ours"), ("T = 10", "MSE", "paper")]
+    pdae_random = wide.loc[("ffhq128", "PDAE", "random")]
+    assert pdae_random[("T = 100", "SSIM", "ours")] == "0.705 ± 0.007071"
+    assert pdae_random[("T = 100", "SSIM", "paper")] == "0.696"           # paper Table 1, PDAE, random x_T
+    assert pdae_random[("T = 100", "MSE", "paper")] == "0.005"
+    assert wide.loc[("ffhq128", "DDIM", "inferred"), ("T = 100", "LPIPS", "paper")] == "0.063"
+    assert pdae_random[("T = 10", "SSIM", "paper")] == ""                 # the paper has T = 100 only
+    page = tables_html.render_html("recon", agg)
+    assert page.count("<table") == 2 and "T_recon_wide" in page and "T_recon_paper" not in page  # no reference table
+    assert "Table 1 (paper §4.3)" in page and "<details>" in page and "code version" in page
+
+
+def test_tables_2_and_3_without_paper_quantities_show_the_papers_table_for_reference() -> None:
+    uncond = [rec("uncond", "fid", 10.0 + s + t / 100, seed=s, method=m, steps=t, backend="domain")
+              for m in ("ddim", "pdae") for t in (5, 10) for s in range(2)]
+    agg = tables.aggregate(tables.tidy(uncond))
+    page = tables_html.render_html("uncond", agg)
+    ours = tables_html.wide("uncond", pd.DataFrame(agg).assign(
+        ours=[tables.format_mean_std(r["mean"], r["std"]) for r in agg]))
+    assert list(ours.columns) == ["T = 5", "T = 10"] and list(ours.index) == [("digits", "PDAE"), ("digits", "DDIM")]
+    assert ours.loc[("digits", "PDAE"), "T = 10"] == "10.6 ± 0.7071"
+    assert "T_uncond_paper" in page and "20.16" in page and "7.31 *" in page  # FFHQ128 PDAE T=10; starred bedroom
+    fewshot = [rec("fewshot", "fid", 1.0 + s, seed=s, method=m, scenario="binary", **{"class": c})
+               for m in ("naive", "diffae", "pdae") for c in ("0-4", "5-9") for s in range(2)]
+    agg = tables.aggregate(tables.tidy(fewshot))
+    wide = tables_html.wide("fewshot", pd.DataFrame(agg).assign(ours="x"))
+    assert list(wide.columns) == ["PDAE", "Diff-AE", "naive"] and len(wide) == 2
+    assert "Non-Blond" in tables_html.render_html("fewshot", agg)  # the paper's Table 3 classes, for reference
+
+
+def test_two_backends_become_a_row_key_of_the_wide_table() -> None:
+    rows = [rec("uncond", "fid", v, seed=0, method="pdae", steps=10, backend=b) for v, b in ((1.0, "domain"), (2.0, "standard"))]
+    agg = tables.aggregate(rows)
+    wide = tables_html.wide("uncond", pd.DataFrame(agg).assign(ours=[str(r["mean"]) for r in agg]))
+    assert list(wide.index) == [("digits", "PDAE", "domain"), ("digits", "PDAE", "standard")]
+    assert list(wide["T = 10"]) == ["1.0", "2.0"]
+
+
+def test_claims_page_colours_verdicts_and_puts_claims_before_sanity_rows() -> None:
+    def claim(name: str, verdict: str, kind: str = "claim") -> dict:
+        return {"kind": kind, "claim": name, "dataset": "digits", "setting": "T=10", "comparison": "-",
+                "estimate": 0.1, "ci_low": 0.05, "ci_high": 0.2, "n_seeds": 3, "verdict": verdict, "reason": "r",
+                "evidence": "e", "paper_says": "p", "source": "paper §4.8, Table 2"}
+
+    rows = [claim("sanity first in the input", "passed", "sanity"), claim("a", "reproduced"),
+            claim("b", "not reproduced"), claim("c", "inconclusive")]
+    health = [{"dataset": "digits", "model": "pdae autoencoder", "seed": 0, "check": "z_used", "value": 0.1,
+               "threshold": "> 0.05", "status": "unhealthy", "detail": "-"}]
+    page, health_page = claims.render_html(rows, health)
+    body = page[page.index("<tbody>"):]
+    assert body.index(">a<") < body.index(">b<") < body.index(">c<") < body.index("sanity first in the input")
+    verdict_colours = {row: colour for (row, col), colour in _cell_colours(page, "claims").items() if col == 3}
+    assert verdict_colours == {0: "#c8e6c9", 1: "#ffcdd2", 2: "#ffe0a3", 3: "#c8e6c9"}  # green, red, amber, green
+    assert "[0.05, 0.2]" in page and "Reasons and evidence" in page
+    assert _cell_colours(health_page, "health") == {(0, 6): "#ffcdd2"}  # the status column, unhealthy: red
+
+
+def _cell_colours(page: str, table: str) -> dict[tuple[int, int], str]:
+    """(row, column) -> background colour, from the CSS that pandas' Styler writes (cells sharing a style share a rule)."""
+    out = {}
+    for selectors, colour in re.findall(r"([^{}]+)\{\s*background-color: (#\w+);\s*\}", page):
+        for row, col in re.findall(rf"#T_{table}_row(\d+)_col(\d+)", selectors):
+            out[(int(row), int(col))] = colour
+    return out

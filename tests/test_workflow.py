@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import os
 import re
 import shutil
 import subprocess
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -138,3 +140,75 @@ def test_report_renders_in_headless_chromium(test_run: Path, tmp_path: Path) -> 
     dom = subprocess.run([*flags, "--dump-dom", f"file://{report}"], capture_output=True, text=True, timeout=120).stdout
     for needle in ("claims.csv", "recon.csv", "gap_digits.png", "efficiency_digits.png", "Tables", "Figures"):
         assert needle in dom, needle
+    # The landing page, as Chromium rendered it (script text excluded): words, then the claims and Tables 1 and 2.
+    page = _RenderedTables.parse(dom)
+    text = " ".join(page.text)
+    assert "trained" in text and "on the digits dataset" in text and "with 1 seed (0)" in text, text[:2000]
+    assert "[" + "'digits'" + "]" not in text and "domain backend" in text
+    claims = page.tables["T_claims"]
+    assert claims[0][:4] == ["claim", "dataset", "setting", "verdict"]
+    assert {"posterior-mean gap filled", "unconditional FID: PDAE below DDIM"} <= {row[0] for row in claims[1:]}
+    assert {row[3] for row in claims[1:] if "(sanity)" not in row[0]} == {"inconclusive"}  # one seed
+    table1 = page.tables["T_recon_wide"]
+    assert {"SSIM", "MSE", "T = 5", "PDAE", "Diff-AE", "DDIM", "random", "inferred"} <= {c for row in table1 for c in row}
+    numbers = [c for row in table1 for c in row if re.fullmatch(r"-?[0-9.]+(e-?[0-9]+)?( ± [0-9.e-]+)?", c)]
+    assert len(numbers) >= 3 * 2 * 3, table1  # SSIM, feature distance, MSE of every method and x_T at T = 5 and 10
+    assert "0.696" in {c for row in page.tables["T_recon_paper"] for c in row}  # the paper's PDAE, random x_T SSIM
+    table2 = page.tables["T_uncond_wide"]
+    assert {"T = 5", "T = 10", "PDAE", "Diff-AE", "DDIM"} <= {c for row in table2 for c in row}
+    assert "20.16" in {c for row in page.tables["T_uncond_paper"] for c in row}  # FFHQ128 PDAE, T = 10
+    # Every table is an HTML item of the report too; the claims item renders as a table of text on its own.
+    items = {m.group(1): m.group(2) for m in re.finditer(r'"(results/tables/[a-z_]+\.html)": \{.*?"data_uri": '
+                                                         r'"data:text/html;charset=utf8;filename=[^;]+;base64,([^"]+)"', html)}
+    tables = {"recon", "gap", "uncond", "fewshot", "truncation", "manipulation", "interpolation", "probe",
+              "efficiency", "ablation", "claims", "health"}
+    assert set(items) == {f"results/tables/{t}.html" for t in tables}, sorted(items)
+    claims_item = tmp_path / "claims.html"
+    claims_item.write_bytes(base64.b64decode(items["results/tables/claims.html"]))
+    item_dom = subprocess.run([*flags, "--dump-dom", f"file://{claims_item}"], capture_output=True, text=True,
+                              timeout=120).stdout
+    assert _RenderedTables.parse(item_dom).tables["T_claims"] == claims
+
+
+class _RenderedTables(HTMLParser):
+    """The visible text of a DOM dump and the cell texts of every <table id=...>, row by row (scripts skipped)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self.text: list[str] = []
+        self._table: str | None = None
+        self._cell: list[str] | None = None
+        self._skip = False
+
+    @classmethod
+    def parse(cls, dom: str) -> "_RenderedTables":
+        parser = cls()
+        parser.feed(dom)
+        return parser
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag in ("script", "style"):
+            self._skip = True
+        elif tag == "table":
+            self._table = dict(attrs).get("id") or f"table{len(self.tables)}"
+            self.tables[self._table] = []
+        elif tag == "tr" and self._table:
+            self.tables[self._table].append([])
+        elif tag in ("td", "th") and self._table:
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style"):
+            self._skip = False
+        elif tag == "table":
+            self._table = None
+        elif tag in ("td", "th") and self._cell is not None and self._table:
+            self.tables[self._table][-1].append(" ".join("".join(self._cell).split()))
+            self._cell = None
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip:
+            self.text.append(" ".join(data.split()))
+            if self._cell is not None:
+                self._cell.append(data)
