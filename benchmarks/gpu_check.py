@@ -8,10 +8,12 @@ Run through `benchmarks/gpu_check.sh` on a machine with a CUDA GPU. Two parts:
    bf16 autocast, with channels_last weights and input, and (with --compile) through torch.compile. The
    relative L2 error ||a - a_fp32|| / ||a_fp32|| must stay under BOUNDS. The networks' zero-initialised
    output convolutions (which make eps and G identically 0 at initialisation) are re-drawn first.
-2. Throughput: `pdae.bench.run_benchmark` (fp32, the `pdae bench` protocol: random images, forward +
-   backward + Adam through `Method.loss`) and the same steps the way `pdae train` runs on CUDA (bf16
-   autocast around the forward, channels_last; optionally compiled), for PDAE and Diff-AE. The paper
-   reports 81.57 (PDAE) vs 75.41 (Diff-AE) images/s per A100 at 128 px (paper §4.1).
+2. Throughput: `pdae.bench.run_benchmark` (the `pdae bench` protocol: random images through the training
+   loop's own `pdae.training.train_step` in fp32) and the same step the way `pdae train` runs on CUDA (bf16
+   autocast, channels_last; optionally compiled), for PDAE and Diff-AE. The paper reports 81.57 (PDAE) vs
+   75.41 (Diff-AE) images/s per A100 at 128 px (paper §4.1).
+3. Data path (--loader): `benchmarks/loader_overhead.py` on the GPU: the FFHQ128 PDAE step at batch 128 fed
+   by the training loader with 8 workers from a generated 256 px LMDB; the loader's share of step time.
 
 Everything goes to one JSON file (default benchmarks/results/gpu_check_<date>.json). Exit status 0 when
 all checks pass, 1 when one fails, 0 with a message (nothing written) when the device is CUDA and there
@@ -35,11 +37,12 @@ import torch
 from torch import Tensor, nn
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _p in (REPO, REPO / "benchmarks"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
-from pdae.bench import PRESETS, build_methods, run_benchmark  # noqa: E402
-from pdae.methods import DiffAE, Method  # noqa: E402
+from pdae.bench import PRESETS, build_methods, run_benchmark, time_training_steps  # noqa: E402
+from pdae.methods import DiffAE  # noqa: E402
 from pdae.methods.pdae import PDAE  # noqa: E402
 
 # Largest accepted relative L2 error against strict fp32, per variant. bf16 keeps 8 mantissa bits (unit
@@ -151,36 +154,6 @@ def check_numerics(preset: str, device: torch.device, compile_check: bool) -> di
             "bounds": {v: BOUNDS[v] for v in variants}, "passed": passed}
 
 
-def time_like_training(method: Method, shape: tuple[int, int, int], batch_size: int, steps: int, warmup: int,
-                       device: torch.device, compile_model: bool) -> dict[str, float]:
-    """Seconds per step of `pdae train`'s CUDA path: channels_last, bf16 autocast around the forward only."""
-    method.to(device).train()
-    method.to(memory_format=torch.channels_last)
-    model: nn.Module = torch.compile(method) if compile_model else method
-    params = method.trainable_parameters()
-    opt = torch.optim.Adam(params, lr=1e-4)
-    gen = torch.Generator(device).manual_seed(0)
-    x = torch.rand(batch_size, *shape, generator=gen, device=device) * 2 - 1
-    x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.zeros(batch_size, dtype=torch.long, device=device)
-    times = []
-    for i in range(warmup + steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss = model(x, y, gen).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    sec = sum(times) / len(times)
-    return {"seconds_per_step": sec, "images_per_s": batch_size / sec}
-
-
 def amp_throughput(preset: str, batch_size: int, steps: int, warmup: int, device: torch.device,
                    compile_model: bool) -> dict[str, Any]:
     methods = build_methods(preset)
@@ -188,7 +161,8 @@ def amp_throughput(preset: str, batch_size: int, steps: int, warmup: int, device
     shape = (data["channels"], data["image_size"], data["image_size"])
     results = {}
     for name in ("pdae", "diffae"):
-        results[name] = time_like_training(methods[name], shape, batch_size, steps, warmup, device, compile_model)
+        results[name] = time_training_steps(methods[name], shape, batch_size, steps, warmup, device, amp="bf16",
+                                            channels_last="on", compile_model=compile_model)
         methods[name].to("cpu")
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -211,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--compile", action="store_true", help="also check and time torch.compile (minutes)")
     p.add_argument("--out", default=None, help="JSON file (default benchmarks/results/gpu_check_<date>.json)")
+    p.add_argument("--loader", action="store_true", help="also measure the data loader's share of a batch-128 step")
     args = p.parse_args(argv)
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -235,12 +210,25 @@ def main(argv: list[str] | None = None) -> int:
 
     fp32 = run_benchmark(args.preset, args.batch_size, args.steps, args.warmup, str(device), None)
     amp = amp_throughput(args.preset, args.batch_size, args.steps, args.warmup, device, args.compile)
+    loader = None
+    if args.loader:
+        import tempfile
+
+        from loader_overhead import measure, write_photo_lmdb
+        from pdae.data import build_dataset
+
+        with tempfile.TemporaryDirectory() as tmp:
+            write_photo_lmdb(Path(tmp) / "ffhq256.lmdb", 1024)
+            ds = build_dataset({"name": "lmdb", "variant": "ffhq", "path": str(Path(tmp) / "ffhq256.lmdb"),
+                                "image_size": 128, "channels": 3}, split="all")
+            loader = measure(ds, 8, 128, 128, 5, 2, device)
+        print(f"loader: {100 * loader['overhead_share']:.2f} % of a batch-128 step (8 workers)", flush=True)
     record = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device_name": name, "torch": torch.__version__, "cuda": torch.version.cuda,
         "code_version": fp32["code_version"], "preset": args.preset, "batch_size": args.batch_size,
         "steps": args.steps, "warmup": args.warmup, "checks": checks, "throughput_fp32": fp32,
-        "throughput_bf16": amp, "passed": all(checks["passed"].values()),
+        "throughput_bf16": amp, "loader": loader, "passed": all(checks["passed"].values()),
         "wall_s": round(time.perf_counter() - t0, 1),
     }
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from pdae.device import check_device
+
 # Modules providing `register_cli(subparsers)`; each sub-command sets `func(args) -> int`.
 COMMAND_MODULES = (
     "eval.reconstruct",
@@ -37,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_device(args)
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, PermissionError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -18,6 +18,8 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import Tensor
 
+from pdae.device import resolve_device  # noqa: F401 - the resolver of every command
+
 RECORD_FORMAT = "pdae-bench-records/1"
 # Columns every record carries (filled by `provenance`); "-" where a column does not apply.
 PROVENANCE_COLUMNS = ("dataset", "method", "seed", "images_seen", "code_version", "config")
@@ -189,12 +191,6 @@ def load_model(folder: str, flag: str, device: str | torch.device = "cpu", compa
         raise ValueError(f"{folder}: latent dim {int(method.latent_dim)} != "
                          f"the autoencoder's {companion_of.latent_dim}")
     return method
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def add_precision_arg(p: argparse.ArgumentParser, default: str) -> None:

@@ -42,6 +42,7 @@ from eval.sample import decode, image_shape, model_device, write_arrays
 from eval.stats import FID_BOOTSTRAP
 from pdae import precision as precision_mod
 from pdae.diffusion.sampling import ddim_sample, lerp, mix_shift_fns, slerp
+from pdae.progress import batch_starts
 
 DEFAULT_LAMS = tuple(round(0.1 * k, 1) for k in range(11))      # λ ∈ {0, 0.1, ..., 1} (paper Fig. 7)
 DEFAULT_STRENGTHS = (-0.3, -0.1, 0.1, 0.3)                      # s of official PDAE code, sampler/manipulation.py
@@ -60,7 +61,7 @@ def _decode_g_lerp(
     device = model_device(method)
     out = []
     with torch.no_grad():
-        for i in range(0, x_T.shape[0], batch_size):
+        for i in batch_starts(x_T.shape[0], batch_size, f"{method.name} G-lerp DDIM, {steps} steps", "images"):
             sl = slice(i, i + batch_size)
             eps_fn, shift_a = method.denoiser(z_a[sl].to(device))
             _, shift_b = method.denoiser(z_b[sl].to(device))

@@ -34,6 +34,7 @@ from eval.sample import model_device, write_arrays
 from pdae.diffusion.gaussian import posterior_mean, q_sample, x0_from_eps
 from pdae.diffusion.schedule import Schedule
 from pdae.methods.base import EpsPrediction
+from pdae.progress import track
 
 # Small timesteps added to the every-`stride` grid (the gap changes fastest near t = 0).
 SMALL_TIMESTEPS = (1, 2, 5)
@@ -219,7 +220,7 @@ def measure_gap_per_image(
     out = {label: torch.zeros(len(timesteps), n, dtype=torch.float64) for label in models}
     with torch.no_grad():
         zs = _codes(models, x0, batch_size)
-        for j, tau in enumerate(timesteps):
+        for j, tau in enumerate(track(timesteps, f"gap of {', '.join(models)} over t", "timesteps")):
             noise = gap_noise(tuple(x0.shape), tau, seed)
             for i in range(0, n, batch_size):
                 xb, nb = x0[i : i + batch_size], noise[i : i + batch_size]

@@ -35,7 +35,9 @@ from torch import Tensor
 
 from eval import common, metrics
 from eval.sample import PAPER_STEPS, decode, model_device, write_arrays
+from pdae import precision as precision_mod
 from pdae.diffusion.sampling import ddim_invert
+from pdae.progress import batch_starts
 
 # Seed offset of the per-image DDPM noise generators (distinct from the x_T stream of the same seed).
 DDPM_SEED_OFFSET = 700_000
@@ -141,11 +143,14 @@ def latent_dim_of(method: Any, x_T_mode: str, image_shape: tuple[int, ...]) -> i
 
 # DDIM encoding (PDAE Eq. 8).
 def infer_x_T(
-    method: Any, x0: Tensor, z: Tensor | None, steps: int, *, convention: str = "paper", batch_size: int = 64
+    method: Any, x0: Tensor, z: Tensor | None, steps: int, *, convention: str = "paper", batch_size: int = 64,
+    precision: str = "fp32",
 ) -> Tensor:
     """Inferred x_T [N, C, H, W] (CPU) of images x0 [N, C, H, W] in [-1, 1] by DDIM inversion.
 
     PDAE: eps_theta with the shift G(x_t, z, t) on every step; Diff-AE: eps(x_t, t, z); plain DPM (z None): eps.
+    `precision` as in `eval.sample.decode`; the reconstruction tables encode in fp32 (inversion error is what
+    they measure).
     """
     device = model_device(method)
     if method.conditioning == "none" and z is not None:
@@ -153,10 +158,12 @@ def infer_x_T(
     if method.has_encoder and z is None:
         raise ValueError(f"infer_x_T: method {method.name} needs z = encode(x0)")
     out = []
-    with torch.no_grad():
-        for i in range(0, x0.shape[0], batch_size):
+    with torch.inference_mode(), precision_mod.memory_format(method, device, precision):
+        for i in batch_starts(x0.shape[0], batch_size, f"{method.name} DDIM inversion, {steps} steps", "images"):
             cond = z[i : i + batch_size].to(device) if z is not None else None
             eps_fn, shift_fn = method.denoiser(cond) if cond is not None else method.denoiser()
+            eps_fn = precision_mod.wrap(eps_fn, device, precision)
+            shift_fn = precision_mod.wrap(shift_fn, device, precision)
             x = x0[i : i + batch_size].to(device=device, dtype=torch.float32)
             out.append(ddim_invert(eps_fn, x, method.schedule, steps, convention=convention, shift_fn=shift_fn).cpu())
     return torch.cat(out)
@@ -167,7 +174,7 @@ def encode_all(method: Any, x0: Tensor, batch_size: int = 64) -> Tensor | None:
     if not method.has_encoder:
         return None
     device = model_device(method)
-    with torch.no_grad():
+    with torch.inference_mode():
         return common.batched(lambda x: method.encode(x.to(device)).float().cpu(), x0, batch_size=batch_size)
 
 

@@ -31,6 +31,7 @@ from torch import Tensor
 from eval import common
 from eval.stats import FID_BOOTSTRAP
 from pdae import precision as precision_mod
+from pdae.progress import batch_starts
 from pdae.diffusion.sampling import ddim_sample, ddpm_sample
 
 # Seed offset of the latent noise stream z_T, so that z_T and x_T of one seed never share a generator.
@@ -145,8 +146,8 @@ def sample_latents(
     eps_fn, _ = latent.denoiser()
     eps_fn = precision_mod.wrap(eps_fn, device, precision)
     out = []
-    with torch.no_grad():
-        for i in range(0, z_T.shape[0], batch_size):
+    with torch.inference_mode():
+        for i in batch_starts(z_T.shape[0], batch_size, f"latent DDIM, {steps} steps", "latents"):
             z0 = ddim_sample(eps_fn, z_T[i : i + batch_size], latent.schedule, steps, convention=convention,
                              clip_x0=clip)
             out.append(latent.stats.denormalize(z0))
@@ -201,8 +202,9 @@ def decode(
             raise ValueError(f"decode: {len(generator)} generators for {x_T.shape[0]} samples")
     device = model_device(method)
     out = []
-    with torch.no_grad():
-        for i in range(0, x_T.shape[0], batch_size):
+    with torch.inference_mode(), precision_mod.memory_format(method, device, precision):
+        desc = f"{name} {sampler}" + (f", {steps} steps" if sampler == "ddim" else "")
+        for i in batch_starts(x_T.shape[0], batch_size, desc, "images"):
             sl = slice(i, i + batch_size)
             cond = z[sl].to(device) if z is not None else None
             eps_fn, shift_fn = method.denoiser(cond) if cond is not None else method.denoiser()

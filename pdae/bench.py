@@ -19,8 +19,8 @@ import torch
 
 from pdae.diffusion.gaussian import extract, q_sample
 from pdae.methods import PDAE, Method, build_method
-from pdae.methods.base import per_sample_mean, sample_noise, sample_timesteps
-from pdae.training import EMA, Stepper, adam_optimizer, amp_enabled, resolve_device, train_step
+from pdae.methods.base import per_sample_mean
+from pdae.training import EMA, Stepper, adam_optimizer, amp_enabled, channels_last_enabled, resolve_device, train_step
 
 # Network sizes per preset: the embedded default (digits, 16x16, 1 channel) and the paper's FFHQ128.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -32,6 +32,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "encoder": {"latent_dim": 64, "channels": [64, 128], "attention_resolutions": []},
         "diffae_encoder": {"enc_channel_mult": [1, 2, 2], "enc_attention_resolutions": [4]},
         "diffae_attention": [4],
+    },
+    "celeba64": {  # config/train/celeba64/{dpm,pdae,diffae}.yaml; batch 16 as the speed comparison of README
+        "data": {"image_size": 64, "channels": 3},
+        "batch_size": 16,
+        "unet": {"base_channels": 128, "channel_mult": [1, 1, 2, 3, 4], "num_res_blocks": 2, "attention_ds": [4],
+                 "num_heads": 1, "dropout": 0.1},
+        "encoder": {"latent_dim": 512, "channels": [64, 128, 128, 128]},
+        "diffae_model": {"base_channels": 64, "channel_mult": [1, 2, 4, 8], "num_res_blocks": 2,
+                         "attention_resolutions": [16], "num_heads": 1, "dropout": 0.1, "latent_dim": 512,
+                         "enc_channel_mult": [1, 2, 4, 8, 8], "enc_attention_resolutions": [16], "embed_channels": 512},
     },
     "ffhq128": {
         "data": {"image_size": 128, "channels": 3},
@@ -48,9 +58,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 class NaivePDAE(PDAE):
     """PDAE without the shared pass: eps_theta and G each run the frozen encoder half, with autograd on."""
 
-    def loss(self, x, y, generator):  # noqa: ANN001, ANN201 - same signature as Method.loss
-        t = sample_timesteps(self.schedule, x.shape[0], generator, x.device)
-        noise = sample_noise(x, generator)
+    def loss_from(self, x, y, draws):  # noqa: ANN001, ANN201 - same signature as Method.loss_from
+        t, noise = draws["t"], draws["noise"]
         x_t = q_sample(self.schedule, x, t, noise)
         prior = self.prior
         eps = prior.predict_eps(prior.encode_features(x_t, t))
@@ -71,26 +80,33 @@ def build_methods(preset: str) -> dict[str, Method]:
     pdae = build_method("pdae", pdae_nets, {}, {}, info, prior=build_method("dpm", {"unet": p["unet"]}, {}, {}, info))
     naive = NaivePDAE(pdae.encoder, pdae.estimator, pdae.schedule)
     unet = p["unet"]
-    model = {"base_channels": unet["base_channels"], "channel_mult": unet["channel_mult"],
-             "num_res_blocks": unet["num_res_blocks"], "attention_resolutions": p["diffae_attention"],
-             "dropout": unet["dropout"], "latent_dim": p["encoder"]["latent_dim"], **p["diffae_encoder"]}
+    model = p.get("diffae_model") or {
+        "base_channels": unet["base_channels"], "channel_mult": unet["channel_mult"],
+        "num_res_blocks": unet["num_res_blocks"], "attention_resolutions": p["diffae_attention"],
+        "dropout": unet["dropout"], "latent_dim": p["encoder"]["latent_dim"], **p["diffae_encoder"]}
     diffae = build_method("diffae", {"model": model}, {}, {}, info)
     return {"dpm": dpm, "pdae": pdae, "pdae_naive": naive, "diffae": diffae}
 
 
 def time_training_steps(
     method: Method, image_shape: tuple[int, int, int], batch_size: int, steps: int, warmup: int, device: torch.device,
-    amp: str = "auto",
+    amp: str = "auto", channels_last: str = "auto", compile_model: bool = False,
 ) -> dict[str, float]:
     """Mean seconds per training step on random images of `image_shape` (C, H, W): the training loop's own
-    `pdae.training.train_step` (forward in the loop's precision, backward, fused Adam, EMA update with warm-up)."""
+    `pdae.training.train_step` (forward in the loop's precision and memory format, backward, fused Adam, EMA
+    update with warm-up)."""
     method.to(device).train()
     params = method.trainable_parameters()
     use_amp = amp_enabled(amp, device, method.input_kind)
-    stepper = Stepper(method, method, adam_optimizer(params, lr=1e-4), EMA(method, 0.9999), params, use_amp, None,
+    nhwc = channels_last_enabled(channels_last, device, method.input_kind, use_amp)
+    method.to(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+    model = torch.compile(method) if compile_model else method
+    stepper = Stepper(model, method, adam_optimizer(params, lr=1e-4), EMA(method, 0.9999), params, use_amp, None,
                       device)
     gen = torch.Generator(device).manual_seed(0)
     x = torch.rand(batch_size, *image_shape, generator=gen, device=device) * 2 - 1
+    if nhwc:
+        x = x.contiguous(memory_format=torch.channels_last)
     y = torch.zeros(batch_size, dtype=torch.long, device=device)
     times = []
     for i in range(warmup + steps):
@@ -107,6 +123,8 @@ def time_training_steps(
         "seconds_per_step": sec,
         "images_per_s": batch_size / sec,
         "precision": "bf16" if use_amp else "fp32",
+        "channels_last": nhwc,
+        "compile": compile_model,
         "trainable_params": sum(q.numel() for q in params),
         "total_params": sum(q.numel() for q in method.parameters()),
     }

@@ -27,10 +27,12 @@ import contextlib
 import datetime
 import hashlib
 import importlib
+import io
 import json
 import os
 import pathlib
 import pickle
+import re
 import shutil
 import tempfile
 import types
@@ -143,20 +145,19 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
     Readers see either the old file or the complete new one, never a partial file.
     """
+    from pdae.fsutil import writing
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    with writing(path, cleanup=[Path(tmp)]):
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
     _fsync_dir(path.parent)
 
 
@@ -280,8 +281,10 @@ def build_component(spec: Mapping[str, Any], where: str = "component", **extra: 
     cls = _import_class(spec["class"])
     try:
         return cls(**spec["kwargs"], **extra)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RuntimeError) as exc:  # RuntimeError: e.g. a negative channel count
         raise CheckpointError(f"{where}: cannot build {spec['class']}: {_first_line(exc)}") from None
+    except MemoryError:
+        raise CheckpointError(f"{where}: cannot build {spec['class']}: out of memory (absurd sizes?)") from None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -401,28 +404,40 @@ def _tensors_for_file(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 def _check_replaceable(out_dir: Path) -> None:
-    if not out_dir.exists():
+    """Only a missing path, an empty folder or one of our model folders (`pdae.fsutil.is_model_folder`:
+    our config.json format tag, nothing but model-folder files) may be replaced."""
+    from pdae.fsutil import foreign_entries, is_model_folder
+
+    if not out_dir.exists() and not out_dir.is_symlink():
         return
-    if not out_dir.is_dir():
+    if not out_dir.is_dir() or out_dir.is_symlink():
         raise CheckpointError(f"cannot write model folder {out_dir}: a file of that name exists")
-    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in MODEL_FILES)
-    if foreign:
+    names = sorted(p.name for p in out_dir.iterdir())
+    if names and not is_model_folder(out_dir):
+        foreign = foreign_entries(out_dir, "model") or names
         raise CheckpointError(
-            f"refusing to replace {out_dir}: it holds files that are not part of a model folder "
-            f"({_show_keys(foreign)}); use a dedicated directory"
+            f"refusing to replace {out_dir}: it is not a model folder written by pdae (it holds "
+            f"{_show_keys(foreign)}); use a dedicated directory"
         )
 
 
 def save_model_folder(
-    out_dir: str | Path, tensors: Mapping[str, Tensor], config: Mapping[str, Any], metadata: Mapping[str, Any]
+    out_dir: str | Path, tensors: Mapping[str, Tensor], config: Mapping[str, Any], metadata: Mapping[str, Any],
+    *, staging: str | Path | None = None, extra_files: Mapping[str, bytes] | None = None,
 ) -> Path:
-    """Write `model.safetensors`, `config.json`, `metadata.json` to `out_dir`, atomically.
+    """Write `model.safetensors`, `config.json`, `metadata.json` (and `extra_files`, name -> bytes) to
+    `out_dir`, atomically.
 
-    Everything is written into a hidden sibling `.{name}.tmp-*` and renamed into place; an existing
-    model folder (or empty directory) at `out_dir` is replaced. An exception at any point leaves no
-    folder at `out_dir` (or the old one) and no temporary directory. Returns `out_dir`.
+    Everything is written into `staging` (a path that does not exist yet, on the same file system: the
+    run's staging folder, `pdae.fsutil.RunStaging`), or else a hidden sibling `.{name}.tmp-*`, and moved
+    into place when complete; an existing model folder (or empty directory) at `out_dir` is replaced by an
+    atomic swap (`pdae.fsutil.swap_in`), anything else is refused. An exception at any point leaves
+    `out_dir` as it was and no temporary directory; a failed write (disk full) is a one-line
+    `pdae.fsutil.WriteError` naming the file. Returns `out_dir`.
     """
     from safetensors.torch import save_file
+
+    from pdae.fsutil import WriteError, staging_for, swap_in, write_failure, writing
 
     out_dir = Path(out_dir)
     config = dict(config)
@@ -431,37 +446,40 @@ def save_model_folder(
     config_bytes = _json_bytes(config, str(out_dir / CONFIG_FILE))
     metadata_bytes = _json_bytes(dict(metadata), str(out_dir / METADATA_FILE))
     _check_replaceable(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     mask = _umask()
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    with writing(out_dir):
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        run_staging = staging_for(out_dir) if staging is None else None
+        if run_staging is not None:
+            staging = run_staging.new_path(out_dir.name)
+        if staging is None:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+        else:
+            tmp = Path(staging)
+            tmp.mkdir()
     try:
         os.chmod(tmp, 0o777 & ~mask)
         # One metadata key only: safetensors writes its metadata map in a per-process random order, and a
         # model folder must be byte-identical whatever process wrote it (bitwise resume). The format tag
         # lives in config.json.
-        save_file(_tensors_for_file(tensors), str(tmp / TENSORS_FILE), metadata={"format": "pt"})
-        with open(tmp / TENSORS_FILE, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.chmod(tmp / TENSORS_FILE, 0o666 & ~mask)
-        atomic_write_bytes(tmp / CONFIG_FILE, config_bytes)
-        atomic_write_bytes(tmp / METADATA_FILE, metadata_bytes)
-        _fsync_dir(tmp)
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.replace(out_dir, old)
+        with writing(out_dir / TENSORS_FILE):
+            save_file(_tensors_for_file(tensors), str(tmp / TENSORS_FILE), metadata={"format": "pt"})
+            with open(tmp / TENSORS_FILE, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.chmod(tmp / TENSORS_FILE, 0o666 & ~mask)
+        small_files = [(CONFIG_FILE, config_bytes), (METADATA_FILE, metadata_bytes), *(extra_files or {}).items()]
+        for name, data in small_files:
             try:
-                os.replace(tmp, out_dir)
-            except BaseException:
-                os.replace(old, out_dir)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+                atomic_write_bytes(tmp / name, data)
+            except WriteError as exc:  # name the final file, not the staging copy
+                raise write_failure(out_dir / name, exc) from None
+        _fsync_dir(tmp)
+        with writing(out_dir):
+            swap_in(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(out_dir.parent)
     return out_dir
 
 
@@ -508,25 +526,38 @@ def build_components(folder: ModelFolder) -> dict[str, nn.Module]:
     """Build every component of `folder` (config order, inputs such as the estimator's prior first)
     and load its tensors strictly. Returns {name: module}; modules are in eval mode on the CPU."""
     where = str(folder.path / CONFIG_FILE) if folder.path is not None else CONFIG_FILE
+    source = str(folder.path / TENSORS_FILE) if folder.path is not None else TENSORS_FILE
     specs = folder.config["components"]
     parts = folder.components()
-    built: dict[str, nn.Module] = {}
 
-    def build(name: str, chain: tuple[str, ...]) -> nn.Module:
-        if name in built:
-            return built[name]
-        if name in chain:
-            raise CheckpointError(f"{where}: components depend on each other in a cycle ({' -> '.join(chain + (name,))})")
-        spec = specs[name]
-        inputs = {arg: build(src, chain + (name,)) for arg, src in COMPONENT_INPUTS.get(spec["class"], {}).items()}
-        module = build_component(spec, f"{where}: components.{name}", **inputs)
-        source = str(folder.path / TENSORS_FILE) if folder.path is not None else TENSORS_FILE
-        load_state_dict_strict(module, parts.get(name, {}), f"{source}: component {name!r}")
-        built[name] = module.eval()
-        return module
+    def build_all(meta: bool) -> dict[str, nn.Module]:
+        built: dict[str, nn.Module] = {}
 
-    for name in specs:
-        build(name, ())
+        def build(name: str, chain: tuple[str, ...]) -> nn.Module:
+            if name in built:
+                return built[name]
+            if name in chain:
+                raise CheckpointError(f"{where}: components depend on each other in a cycle ({' -> '.join(chain + (name,))})")
+            spec = specs[name]
+            inputs = {arg: build(src, chain + (name,)) for arg, src in COMPONENT_INPUTS.get(spec["class"], {}).items()}
+            if meta:
+                with torch.device("meta"):
+                    module = build_component(spec, f"{where}: components.{name}", **inputs)
+                check_state_dict(module, parts.get(name, {}), f"{source}: component {name!r}")
+            else:
+                module = build_component(spec, f"{where}: components.{name}", **inputs)
+                load_state_dict_strict(module, parts.get(name, {}), f"{source}: component {name!r}")
+            built[name] = module.eval()
+            return module
+
+        for name in specs:
+            build(name, ())
+        return built
+
+    # First on the meta device (no memory): a config.json with negative or absurd sizes, or one that does not
+    # fit the stored tensors, is refused in one line before anything is allocated.
+    build_all(meta=True)
+    built = build_all(meta=False)
     return {name: built[name] for name in specs}
 
 
@@ -704,6 +735,181 @@ def _load_errors(path: Path) -> Iterator[None]:
     except (RuntimeError, EOFError, OSError, ValueError, TypeError, AttributeError, KeyError, IndexError,
             pickle.UnpicklingError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
         raise CheckpointError(f"cannot read {path}: truncated or corrupt PyTorch file ({_first_line(exc)})") from None
+    except MemoryError:
+        raise CheckpointError(f"cannot read {path}: out of memory while unpickling it (more data than fits)") from None
+
+
+# Declared sizes: a pickle can ask for memory it does not contain (`bytearray(10**12)` through an allowed
+# global, a string or storage whose declared length exceeds the file). Before anything is unpickled, its
+# opcodes are scanned (`pickletools.genops`, which executes nothing, through a reader that never returns more
+# than the file holds) with a small symbolic stack; every such size is bounded by the file's own size.
+
+_SIZED_CALLABLES = {("builtins", "bytearray"), ("builtins", "bytes")}
+
+
+class _BoundedReader:
+    """read(n) / readline() on a binary stream that never allocate more than what is left of it."""
+
+    def __init__(self, stream: Any, size: int) -> None:
+        self.stream, self.size = stream, size
+
+    def read(self, n: int = -1) -> bytes:
+        left = max(self.size - self.stream.tell(), 0)
+        return self.stream.read(left if n is None or n < 0 else min(n, left))
+
+    def readline(self) -> bytes:
+        return self.stream.readline(max(self.size - self.stream.tell(), 0))
+
+    def tell(self) -> int:
+        return self.stream.tell()
+
+
+class _OversizedDeclaration(Exception):
+    pass
+
+
+def _scan_pickle(reader: _BoundedReader, bound: int) -> bool:
+    """Walk one pickle's opcodes up to STOP; raise _OversizedDeclaration when a size it declares exceeds
+    `bound`. -> False when the stream is not a pickle the scan understands (torch.load then decides)."""
+    import pickletools
+
+    mark, unknown = object(), object()
+    stack: list[Any] = []
+    memo: dict[Any, Any] = {}
+
+    def pop_mark() -> list[Any]:
+        for i in range(len(stack) - 1, -1, -1):
+            if stack[i] is mark:
+                items = stack[i + 1 :]
+                del stack[i:]
+                return items
+        raise IndexError("no mark")
+
+    def global_name(module: Any, name: Any) -> Any:
+        if not isinstance(module, str) or not isinstance(name, str):
+            return unknown
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        return ("global", _compat_pickle.IMPORT_MAPPING.get(module, module), name)
+
+    def check_call(fn: Any, args: Any) -> None:
+        sized = isinstance(fn, tuple) and fn[:1] == ("global",) and fn[1:] in _SIZED_CALLABLES
+        if sized and isinstance(args, tuple) and args and isinstance(args[0], int) and not isinstance(args[0], bool):
+            if args[0] > bound:
+                raise _OversizedDeclaration(f"a {args[0]}-byte {fn[2]}")
+
+    try:
+        for op, arg, _ in pickletools.genops(reader):
+            name = op.name
+            if name == "STOP":
+                return True
+            if name == "MARK":
+                stack.append(mark)
+            elif name == "GLOBAL":
+                module, _, attr = str(arg).partition(" ")
+                stack.append(global_name(module, attr))
+            elif name == "STACK_GLOBAL":
+                attr, module = stack.pop(), stack.pop()
+                stack.append(global_name(module, attr))
+            elif name == "INST":
+                module, _, attr = str(arg).partition(" ")
+                check_call(global_name(module, attr), tuple(pop_mark()))
+                stack.append(unknown)
+            elif name == "OBJ":
+                items = pop_mark()
+                check_call(items[0] if items else unknown, tuple(items[1:]))
+                stack.append(unknown)
+            elif name in ("REDUCE", "NEWOBJ"):
+                args, fn = stack.pop(), stack.pop()
+                check_call(fn, args)
+                stack.append(unknown)
+            elif name == "NEWOBJ_EX":
+                _, args, fn = stack.pop(), stack.pop(), stack.pop()
+                check_call(fn, args)
+                stack.append(unknown)
+            elif name == "BINPERSID":
+                pid = stack.pop()
+                # torch: ('storage', storage_type, key, location, numel[, view_metadata]); every element of a
+                # storage takes at least one byte of the file.
+                if isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage":
+                    numel = pid[4]
+                    if isinstance(numel, int) and numel > bound:
+                        raise _OversizedDeclaration(f"a storage of {numel} elements")
+                stack.append(unknown)
+            elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+                n = int(name[-1])
+                items = stack[-n:]
+                if len(items) != n:
+                    raise IndexError("stack underflow")
+                del stack[-n:]
+                stack.append(tuple(items))
+            elif name == "TUPLE":
+                stack.append(tuple(pop_mark()))
+            elif name == "EMPTY_TUPLE":
+                stack.append(())
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[arg] = stack[-1]
+            elif name == "MEMOIZE":
+                memo[len(memo)] = stack[-1]
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                stack.append(memo.get(arg, unknown))
+            elif name == "DUP":
+                stack.append(stack[-1])
+            elif name == "POP":
+                stack.pop()
+            elif name == "POP_MARK":
+                pop_mark()
+            elif not op.stack_before and len(op.stack_after) == 1:
+                stack.append(arg if arg is not None else unknown)  # a literal (int, str, bytes, float, ...)
+            else:
+                before = op.stack_before
+                if pickletools.markobject in before:
+                    pop_mark()
+                    keep = before.index(pickletools.markobject)
+                else:
+                    keep = len(before)
+                if keep:
+                    if len(stack) < keep:
+                        raise IndexError("stack underflow")
+                    del stack[-keep:]
+                stack.extend(unknown for _ in op.stack_after)
+    except ValueError as exc:
+        text = str(exc)
+        if "remain" in text or "sys.maxsize" in text:  # a string/bytes length beyond the end of the file
+            found = re.search(r"(\d+)", text)
+            raise _OversizedDeclaration(f"a {found.group(1) if found else 'huge'}-byte string") from None
+        return False
+    except (IndexError, TypeError, KeyError, EOFError):
+        return False
+    return False
+
+
+def _check_declared_sizes(path: Path) -> None:
+    """Refuse (CheckpointError) a pickled file that declares more memory than it holds (see `_scan_pickle`)."""
+    size = path.stat().st_size
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                infos = archive.infolist()
+                big = [i for i in infos if i.file_size > size]
+                if big:
+                    raise _OversizedDeclaration(f"a {big[0].file_size}-byte entry {big[0].filename!r} (a zip bomb?)")
+                for info in infos:
+                    if info.filename.endswith(".pkl"):
+                        data = archive.read(info)
+                        stream = io.BytesIO(data)
+                        _scan_pickle(_BoundedReader(stream, len(data)), size)
+        else:
+            with open(path, "rb") as handle:
+                reader = _BoundedReader(handle, size)
+                for _ in range(5):  # legacy format: magic, protocol, sys_info, the object, storage keys
+                    if not _scan_pickle(reader, size):
+                        break
+    except _OversizedDeclaration as exc:
+        raise CheckpointError(
+            f"refusing to load {path}: it declares {exc}, more than the file's {size} bytes hold"
+        ) from None
+    except (OSError, zipfile.BadZipFile, RuntimeError, NotImplementedError):
+        return  # unreadable: torch.load reports it
 
 
 def safe_torch_load(path: str | Path) -> Any:
@@ -712,11 +918,15 @@ def safe_torch_load(path: str | Path) -> Any:
     First `torch.load(weights_only=True)`; if that refuses a non-tensor global (PyTorch-Lightning
     checkpoints hold AttributeDicts, callback classes, Namespaces), the file is read again with
     `_RestrictedUnpickler`, whose explicit allowlist maps harmless containers to plain objects and
-    refuses every other global (a code payload) with one line naming it. TorchScript archives are refused.
+    refuses every other global (a code payload) with one line naming it. TorchScript archives are refused,
+    and so is a file that declares more memory than it holds (`_check_declared_sizes`, before unpickling).
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
+    _check_declared_sizes(path)
+    if _is_torchscript(path):  # (torch >= 2.6 refuses these under weights_only with a RuntimeError of its own)
+        raise CheckpointError(f"refusing to load {path}: it is a TorchScript archive (code); expected a checkpoint")
     with _load_errors(path):
         try:
             with warnings.catch_warnings():
@@ -724,7 +934,5 @@ def safe_torch_load(path: str | Path) -> Any:
                 return torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
             pass
-    if _is_torchscript(path):
-        raise CheckpointError(f"refusing to load {path}: it is a TorchScript archive (code); expected a checkpoint")
     with _load_errors(path):
         return torch.load(path, map_location="cpu", pickle_module=_restricted_pickle_module())

@@ -11,7 +11,11 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import json
+import signal
 import sys
+import threading
+from pathlib import Path
 
 TRAIN_METHODS = {"dpm": "dpm", "pdae": "pdae", "pdae-class": "pdae_class", "diffae": "diffae",
                  "latent": "latent", "classifier": "classifier", "feature-net": "feature_net"}
@@ -27,19 +31,23 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("method", choices=sorted(TRAIN_METHODS), help="what to train")
     p.add_argument("--config", required=True, help="training config (YAML/JSON: data, diffusion, nets, method, train)")
-    p.add_argument("--out", required=True, help="model folder to create (must not exist)")
+    p.add_argument("--out", required=True, help="model folder to create (must not exist; written atomically at the end, "
+                   "locked by <out>.lock while the run lasts)")
     p.add_argument("--data", default=None, help="override config data.path (folder or LMDB)")
     p.add_argument("--dpm", default=None, help="trained DPM model folder (pdae, pdae-class)")
     p.add_argument("--encoder", default=None, help="trained autoencoder model folder (latent, classifier)")
     p.add_argument("--seed", type=int, default=0, help="run seed (weights, data order, noise)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--resume-dir", default=None, help="resume state folder (default: <out>.resume)")
+    p.add_argument("--resume-dir", default=None,
+                   help="resume state folder (default: <out>.resume); must be missing, empty or written by pdae train")
     p.add_argument("--images", type=int, default=None, help="override train.images (budget in images seen)")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (terminal) or periodic progress lines (log file, see pdae.progress)")
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from pdae.config import load_run_config
+    from pdae.config import ConfigError, check_run_config, load_run_config
+    from pdae.data import DataError
     from pdae.training import train
 
     cfg = load_run_config(args.config)
@@ -47,6 +55,10 @@ def _run_train(args: argparse.Namespace) -> int:
         cfg.data["path"] = args.data
     if args.images is not None:
         cfg.train.images = args.images
+    try:  # every value, before any work (train() checks again for API callers)
+        check_run_config(TRAIN_METHODS[args.method], cfg, args.dpm, args.encoder, check_inputs=True)
+    except (ConfigError, DataError) as exc:
+        raise ConfigError(f"{args.config}: {exc}") from None
     result = train(
         TRAIN_METHODS[args.method], cfg, args.out, dpm_dir=args.dpm, encoder_dir=args.encoder, seed=args.seed,
         device=args.device, resume_dir=args.resume_dir, progress=not args.no_progress,
@@ -69,10 +81,35 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="also write the numbers to this JSON file")
 
 
+def _check_bench_out(path: Path) -> None:
+    """--out may be missing or an earlier `pdae bench` record (replaced); anything else is the user's: refused."""
+    from pdae.fsutil import OutputError
+
+    if not path.exists() and not path.is_symlink():
+        return
+    try:
+        ours = path.is_file() and "pdae_over_diffae" in json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        ours = False
+    if not ours:
+        raise OutputError(f"{path}: --out exists and is not a `pdae bench` record; refusing to replace it, choose "
+                          "another --out")
+
+
 def _run_bench(args: argparse.Namespace) -> int:
     from pdae.bench import run_benchmark
+    from pdae.fsutil import OutputLock, make_parent, write_bytes_atomic
 
-    run_benchmark(args.preset, args.batch_size, args.steps, args.warmup, args.device, args.out, args.amp)
+    if args.out is None:
+        run_benchmark(args.preset, args.batch_size, args.steps, args.warmup, args.device, None, args.amp)
+        return 0
+    out = Path(args.out)
+    _check_bench_out(out)
+    with OutputLock(out):
+        _check_bench_out(out)
+        record = run_benchmark(args.preset, args.batch_size, args.steps, args.warmup, args.device, None, args.amp)
+        make_parent(out)
+        write_bytes_atomic(out, (json.dumps(record, indent=2) + "\n").encode())  # whole or not at all
     return 0
 
 
@@ -87,20 +124,59 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside a training loop: unwinds like Ctrl-C, so that temporary files are removed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    from pdae.training import TrainingError
+    """Run one command. Every expected failure (a bad file or value, a refused output, a full disk, out of
+    memory) is one line on stderr and exit status 2; a run stopped by SIGINT/SIGTERM is one line and
+    128 + the signal's number (130, 143)."""
+    from pdae.device import check_device
+    from pdae.fsutil import OutputError
+    from pdae.training import TrainingError, TrainingInterrupted
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)  # a training run stops at a step boundary instead (StopSignals)
     try:
+        check_device(args)
         if args.command == "train":
             return _run_train(args)
         if args.command == "bench":
             return _run_bench(args)
         return int(args.func(args) or 0)
-    except (ValueError, TrainingError, FileNotFoundError, PermissionError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"error: {msg}", file=sys.stderr)
+    except TrainingInterrupted as exc:
+        print(f"interrupted: {_first_line(exc)}", file=sys.stderr)
+        return 128 + exc.signum
+    except KeyboardInterrupt as exc:
+        print("interrupted: stopped at once; every file written so far is complete and temporary files are "
+              "removed (a training run keeps its last resume state)", file=sys.stderr)
+        return 128 + getattr(exc, "signum", signal.SIGINT)
+    except (ValueError, TrainingError, OutputError) as exc:
+        print(f"error: {_first_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # WriteError (disk full ...), a missing or unreadable path
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) and str(exc.filename) not in str(exc) else ""
+        reason = exc.strerror if exc.strerror and where else _first_line(exc)
+        print(f"error: {where}{reason}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"error: out of memory while running `pdae {args.command}`", file=sys.stderr)
         return 2
 
 

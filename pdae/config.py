@@ -13,8 +13,11 @@ train:     {images: 100000, batch_size: 64, lr: 1.0e-4}   # TrainConfig below
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
+import inspect
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -45,7 +48,7 @@ def _check_type(value: Any, annotation: Any, key: str) -> Any:
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
-    if origin in (list, tuple):
+    if origin in (list, tuple, collections.abc.Sequence):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
         inner = args[0] if args else Any
@@ -57,6 +60,8 @@ def _check_type(value: Any, annotation: Any, key: str) -> Any:
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -118,7 +123,7 @@ class TrainConfig:
     snapshot_images: list[int] = dataclasses.field(default_factory=list)  # EMA model snapshots (efficiency curves)
     num_workers: int = 0                      # DataLoader workers (0: in-process indexing)
     amp: str = "auto"                         # auto (bf16 for image nets on bf16 hardware) | bf16 | off
-    channels_last: str = "auto"               # auto (on CUDA) | on | off
+    channels_last: str = "auto"               # auto (on CUDA, and on CPU with bf16) | on | off
     compile: bool = False                     # torch.compile the training module (CUDA)
 
     def validate(self, where: str) -> None:
@@ -134,8 +139,24 @@ class TrainConfig:
             raise ConfigError(f"{where}.amp: expected auto, bf16 or off, got {self.amp!r}")
         if self.channels_last not in ("auto", "on", "off"):
             raise ConfigError(f"{where}.channels_last: expected auto, on or off, got {self.channels_last!r}")
-        if len(self.betas) != 2:
-            raise ConfigError(f"{where}.betas: expected two numbers, got {self.betas}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"{where}.betas: expected two numbers in [0, 1), got {self.betas}")
+        if self.lr <= 0:
+            raise ConfigError(f"{where}.lr: must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"{where}.weight_decay: must be >= 0, got {self.weight_decay}")
+        if self.grad_clip is not None and self.grad_clip < 0:
+            raise ConfigError(f"{where}.grad_clip: must be >= 0 or null (no clipping), got {self.grad_clip}")
+        if self.warmup_images < 0:
+            raise ConfigError(f"{where}.warmup_images: must be >= 0 (0: no warm-up), got {self.warmup_images}")
+        for key in ("log_every_images", "resume_every_images"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{where}.{key}: must be positive, got {getattr(self, key)}")
+        bad = [n for n in self.snapshot_images if not 0 < n <= self.images]
+        if bad:
+            raise ConfigError(f"{where}.snapshot_images: {bad[0]} is not in [1, train.images = {self.images}]")
+        if self.num_workers < 0:
+            raise ConfigError(f"{where}.num_workers: must be >= 0, got {self.num_workers}")
 
 
 @dataclasses.dataclass
@@ -152,17 +173,222 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, line: int | None) -> None:
+        super().__init__(f"duplicate key {key!r}" + (f" (line {line})" if line else ""))
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping with the same key twice (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, collections.abc.Hashable) and key in seen:
+                raise _DuplicateKey(key, key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _unique_json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key, None)
+        out[key] = value
+    return out
+
+
+def load_yaml_or_json(path: Path) -> Any:
+    """Parse a YAML (.yaml/.yml) or JSON file: UTF-8, no python tags, no duplicate keys; ConfigError naming it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        return json.loads(text, object_pairs_hook=_unique_json_object)
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{path}: {exc}; each key may appear once per section") from None
+    except (yaml.YAMLError, json.JSONDecodeError, RecursionError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"{path}: not valid YAML/JSON ({first})") from None
+
+
 def load_run_config(path: str | Path) -> RunConfig:
     """Read a YAML/JSON training config; any problem is a one-line ConfigError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
-    except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"{path}: not valid YAML/JSON ({first})") from None
+    raw = load_yaml_or_json(path)
     try:
         return from_dict(RunConfig, raw, "config")
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# The `method` and `nets` sections, checked against what each method's constructors take (before any work).
+
+# Method name -> "module:class" whose keyword options (after its networks and schedule) form `method:`.
+METHOD_CLASSES = {
+    "dpm": "pdae.methods.dpm:DPM", "pdae": "pdae.methods.pdae:PDAE",
+    "pdae_class": "pdae.methods.pdae:ClassConditionalPDAE",
+    "diffae": "pdae.methods.diffae:DiffAE", "latent": "pdae.methods.latent:LatentDPM",
+    "classifier": "pdae.methods.latent:LatentClassifier", "feature_net": "pdae.methods.latent:FeatureNetMethod",
+}
+# (method, nets key) -> ("module:class", arguments set by the data / prior, not by the config).
+NET_CLASSES = {
+    ("dpm", "unet"): ("pdae.nets.unet:UNet", ("in_channels",)),
+    ("pdae", "encoder"): ("pdae.nets.encoder:SemanticEncoder", ("image_size", "in_channels")),
+    ("pdae", "estimator"): ("pdae.nets.gradient_estimator:GradientEstimator", ("prior",)),
+    ("pdae_class", "estimator"): ("pdae.nets.gradient_estimator:GradientEstimator", ("prior", "num_classes")),
+    ("diffae", "model"): ("pdae.nets.cond_unet:DiffAEUNet", ("image_size", "in_channels")),
+    ("latent", "net"): ("pdae.nets.latent_mlp:LatentMLP", ("latent_dim",)),
+    ("classifier", "head"): ("pdae.nets.classifier:LinearHead", ("latent_dim", "num_outputs")),
+    ("feature_net", "net"): ("pdae.nets.classifier:FeatureNet", ("image_size", "in_channels", "num_classes")),
+}
+
+
+def _load(ref: str) -> Any:
+    import importlib
+
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _options(cls: type, skip: int) -> dict[str, inspect.Parameter]:
+    params = list(inspect.signature(cls.__init__).parameters.values())[1 + skip :]
+    return {p.name: p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def _check_options(cls: type, options: dict[str, Any], where: str, fixed: tuple[str, ...], positional: int) -> None:
+    allowed = {k: v for k, v in _options(cls, positional).items() if k not in fixed}
+    if not isinstance(options, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(options).__name__}")
+    for key, value in options.items():
+        if key in fixed:
+            raise ConfigError(f"{where}.{key}: set from the data or the prior; remove it from the config")
+        if key not in allowed:
+            names = ", ".join(sorted(allowed)) or "none"
+            raise ConfigError(f"{where}.{key}: unknown key for {cls.__name__} (allowed: {names})")
+    hints = typing.get_type_hints(cls.__init__)
+    for key, value in options.items():
+        hint = hints.get(key, Any)
+        value = _check_type(value, hint, f"{where}.{key}")
+        default = allowed[key].default
+        _check_range(key, value, default, f"{where}.{key}")
+
+
+def _check_range(key: str, value: Any, default: Any, where: str) -> None:
+    """Sizes are positive (a default of -1 marks "-1 = automatic"); rates such as dropout lie in [0, 1)."""
+    if value is None:
+        return
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_range(key, v, None, f"{where}[{i}]")
+        return
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if value == -1 and isinstance(default, int) and default == -1:
+            return
+        if value < 1:
+            raise ConfigError(f"{where}: must be a positive integer, got {value}")
+    elif isinstance(value, float) and "dropout" in key and not 0.0 <= value < 1.0:
+        raise ConfigError(f"{where}: must be in [0, 1), got {value}")
+
+
+def check_method_options(method: str, options: dict[str, Any], where: str = "config.method") -> None:
+    """`method:` holds only keyword options of the method's class, of the right types (ConfigError)."""
+    cls = _load(METHOD_CLASSES[method])
+    positional = [p for p in _options(cls, 0).values() if p.default is inspect.Parameter.empty]
+    _check_options(cls, options, where, (), len(positional))
+
+
+def check_nets(method: str, nets: dict[str, Any], where: str = "config.nets") -> None:
+    """Each `nets.<name>` is a mapping of known constructor arguments of the right types and ranges."""
+    known = sorted(key for m, key in NET_CLASSES if m == method)
+    for name, kwargs in nets.items():
+        if (method, name) not in NET_CLASSES:
+            raise ConfigError(f"{where}.{name}: not used by method {method!r} (expected {', '.join(known)})")
+        ref, fixed = NET_CLASSES[(method, name)]
+        _check_options(_load(ref), kwargs if kwargs is not None else {}, f"{where}.{name}", fixed, 0)
+
+
+def net_kwarg(method: str, nets: dict[str, Any], name: str, key: str) -> Any:
+    """`nets.<name>.<key>`, or the constructor's default."""
+    given = (nets.get(name) or {})
+    if key in given:
+        return given[key]
+    return _options(_load(NET_CLASSES[(method, name)][0]), 0)[key].default
+
+
+def check_depth(levels: int, image_size: int, where: str) -> None:
+    """A U-Net with `levels` resolutions halves the image `levels - 1` times: the image side must be a
+    multiple of 2^(levels - 1), so that the smallest feature map is at least 1 pixel and the skip
+    connections line up."""
+    factor = 2 ** (levels - 1)
+    if image_size < factor or image_size % factor:
+        raise ConfigError(f"{where}: {levels} levels halve the image {levels - 1} times, so data.image_size must be a "
+                          f"multiple of {factor}; got {image_size} (smallest feature map {image_size / factor:g} px)")
+
+
+def check_net_depths(method: str, nets: dict[str, Any], image_size: int, where: str = "config.nets") -> None:
+    """The networks' depth against the image size, from the config (ConfigError naming the key)."""
+    if method == "dpm":
+        check_depth(len(net_kwarg(method, nets, "unet", "channel_mult")), image_size, f"{where}.unet.channel_mult")
+    elif method == "diffae":
+        check_depth(len(net_kwarg(method, nets, "model", "channel_mult")), image_size, f"{where}.model.channel_mult")
+        check_depth(len(net_kwarg(method, nets, "model", "enc_channel_mult")), image_size,
+                    f"{where}.model.enc_channel_mult")
+    elif method == "feature_net":
+        check_depth(len(net_kwarg(method, nets, "net", "channels")), image_size, f"{where}.net.channels")
+    elif method == "pdae":
+        # PDAE's encoder: one stride-2 conv per entry of `channels`, down to a 4x4 map (pdae.nets.encoder).
+        convs = len(net_kwarg(method, nets, "encoder", "channels"))
+        if image_size != 4 * 2**convs:
+            raise ConfigError(f"{where}.encoder.channels: {convs} stride-2 convs take a {4 * 2**convs} px image "
+                              f"down to 4x4; data.image_size is {image_size} (give one entry per halving)")
+
+
+def check_run_config(method: str, cfg: RunConfig, dpm_dir: str | Path | None = None,
+                     encoder_dir: str | Path | None = None, *, check_inputs: bool = False) -> None:
+    """Every value of a training config that can be checked without data or weights, before any work: the
+    train section (its ranges), `data` (pdae.data.resolve_spec), `method` and `nets` against the method's
+    constructors, the networks' depth against the image size, `diffusion`; with `check_inputs`, that the
+    trained models the method builds on are given. ConfigError/DataError naming the key."""
+    from pdae.data import resolve_spec
+    from pdae.diffusion.schedule import Schedule
+
+    if method not in METHOD_CLASSES:
+        raise ConfigError(f"unknown method {method!r} (expected one of {', '.join(METHOD_CLASSES)})")
+    if check_inputs and method in ("pdae", "pdae_class") and dpm_dir is None:
+        raise ConfigError(f"method {method} needs a trained DPM (--dpm DIR)")
+    if check_inputs and method in ("latent", "classifier") and encoder_dir is None:
+        raise ConfigError(f"method {method} needs a trained autoencoder (--encoder DIR)")
+    cfg.train.validate("config.train")
+    spec = resolve_spec(cfg.data)
+    check_method_options(method, cfg.method)
+    if not isinstance(cfg.nets, dict):
+        raise ConfigError(f"config.nets: expected a mapping, got {type(cfg.nets).__name__}")
+    check_nets(method, cfg.nets)
+    check_net_depths(method, cfg.nets, int(spec["image_size"]))
+    if method in ("dpm", "diffae", "latent") and cfg.diffusion:
+        try:
+            Schedule.from_dict(cfg.diffusion)
+        except (ValueError, TypeError, KeyError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigError(f"config.diffusion: {first}") from None
+    if dpm_dir is not None and method in ("pdae", "pdae_class"):
+        config_json = Path(dpm_dir) / "config.json"
+        try:
+            unet = json.loads(config_json.read_text(encoding="utf-8"))["components"]["unet"]["kwargs"]
+            levels = len(unet["channel_mult"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # not readable here: loading the folder reports it
+        check_depth(levels, int(spec["image_size"]), f"{config_json}: components.unet.kwargs.channel_mult")

@@ -558,10 +558,15 @@ def _read_labels_csv(path: str, files: list[str]) -> tuple[Tensor, list[str], Te
     """
     if not Path(path).is_file():
         raise DataError(f"{path}: labels file does not exist")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: labels file is not UTF-8 text (byte {exc.start})") from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: not a valid CSV file ({exc})") from None
     if "file" not in columns:
         raise DataError(f"{path}: labels file needs a 'file' column (found {columns})")
     by_file: dict[str, dict[str, str]] = {}
@@ -650,7 +655,10 @@ def read_attribute_file(path: str | Path, num_images: int, index_offset: int = 0
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: attributes file does not exist")
-    lines = [line.split() for line in path.read_text().splitlines()]
+    try:
+        lines = [line.split() for line in path.read_text(encoding="utf-8").splitlines()]
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: attributes file is not UTF-8 text (byte {exc.start})") from None
     lines = [line for line in lines if line]
     if len(lines) < 2 or len(lines[0]) != 1 or not lines[0][0].isdigit():
         raise DataError(f"{path}: expected a count on line 1 and attribute names on line 2")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -235,12 +234,19 @@ def _metadata(importer: str, files: list[Path], **extra: Any) -> dict[str, Any]:
     }
 
 
-def _save(out_dir: str | Path, converted: Converted, metadata: dict[str, Any], force: bool) -> Path:
+def _save(out_dir: str | Path, converted: Converted, metadata: dict[str, Any], force: bool,
+          staging: Path | None = None) -> Path:
+    """Write the converted folder; an existing one is replaced (atomic swap) only with `force` and only if it
+    is one of our model folders (`pdae.fsutil.check_replaceable`)."""
+    from pdae.fsutil import OutputError, check_replaceable
+
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not force:
-        raise CheckpointError(f"{out_dir}: already exists; remove it or pass --force to replace it")
+    try:
+        check_replaceable(out_dir, force=force)
+    except OutputError as exc:
+        raise CheckpointError(str(exc)) from None
     tensors, config = converted
-    return save_model_folder(out_dir, tensors, config, metadata)
+    return save_model_folder(out_dir, tensors, config, metadata, staging=staging)
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -824,7 +830,10 @@ def _parse_config_json(value: str | None) -> dict[str, Any] | None:
     if value is None:
         return None
     path = Path(value)
-    text = path.read_text() if path.is_file() else value
+    try:
+        text = path.read_text(encoding="utf-8") if path.is_file() else value
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"--config-json {path}: not UTF-8 text (byte {exc.start})") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -835,6 +844,18 @@ def _parse_config_json(value: str | None) -> dict[str, Any] | None:
 
 
 def _run_import(args: argparse.Namespace) -> int:
+    """`pdae import`: the output is checked first (missing, empty, or one of our model folders with --force;
+    anything else is refused), locked (`<out>.lock`) for the whole import, and replaced only once the new
+    folder is complete; a source that fails leaves it untouched."""
+    from pdae.fsutil import OutputLock, RunStaging, check_replaceable
+
+    check_replaceable(args.out, force=args.force)
+    with OutputLock(args.out), RunStaging(args.out):  # temporary files: .<out>.pdae-staging, removed on exit
+        check_replaceable(args.out, force=args.force)  # again, under the lock
+        return _run_import_locked(args)
+
+
+def _run_import_locked(args: argparse.Namespace) -> int:
     kind = args.kind
     if kind in _PRIOR_KINDS:
         from pdae.nets.adapters import import_prior
@@ -842,9 +863,7 @@ def _run_import(args: argparse.Namespace) -> int:
         if kind == "diffusers" and (args.flags or args.family):
             raise CheckpointError("--flags/--family apply to adm imports only")
         opts = {"flags": args.flags or "", "family": args.family or "guided"} if kind == "adm" else {}
-        if args.force and Path(args.out).exists():
-            shutil.rmtree(args.out)
-        out = import_prior(kind, args.src, args.out, **opts)
+        out = import_prior(kind, args.src, args.out, **opts)  # replaces an existing (ours, --force) folder atomically
     elif kind in _DIFFAE_IMPORTERS:
         if args.dpm_config is not None:
             raise CheckpointError(f"--dpm-config applies to pdae-autoencoder only, not {kind}")

@@ -57,6 +57,27 @@ def autocast(device: torch.device, precision: str) -> Iterator[str]:
         yield chosen
 
 
+@contextlib.contextmanager
+def memory_format(module: torch.nn.Module, device: torch.device, precision: str) -> Iterator[bool]:
+    """The block runs `module` with channels_last (NHWC) weights when `precision` resolves to bf16 (oneDNN's
+    and cuDNN's bf16 convolutions are fastest in NHWC), restored to the default layout after; yields whether
+    it did. Values are unchanged: only the storage order of 4-D weights moves."""
+    nhwc = resolve(precision, device) == "bf16"
+    if nhwc:
+        _set_format(module, torch.channels_last)
+    try:
+        yield nhwc
+    finally:
+        if nhwc:
+            _set_format(module, torch.contiguous_format)
+
+
+def _set_format(module: torch.nn.Module, fmt: torch.memory_format) -> None:
+    # Outside inference mode even when called inside it: parameters made there could never train again.
+    with torch.inference_mode(False):
+        module.to(memory_format=fmt)
+
+
 def _to_fp32(out: Any) -> Any:
     if isinstance(out, tuple):
         return tuple(o.float() for o in out)
@@ -64,12 +85,15 @@ def _to_fp32(out: Any) -> Any:
 
 
 def wrap(fn: Callable[..., Any] | None, device: torch.device, precision: str) -> Callable[..., Any] | None:
-    """`fn(x_t, t)` (an eps_fn, or a shift_fn returning (eps, G)) run under `autocast`, outputs cast to fp32;
-    `fn` itself when the precision resolves to fp32 (or fn is None)."""
+    """`fn(x_t, t)` (an eps_fn, or a shift_fn returning (eps, G)) run under `autocast` with image inputs in
+    channels_last (pair with `memory_format`), outputs cast to fp32; `fn` itself when the precision resolves
+    to fp32 (or fn is None)."""
     if fn is None or resolve(precision, device) == "fp32":
         return fn
 
     def wrapped(x_t: torch.Tensor, t: torch.Tensor) -> Any:
+        if x_t.dim() == 4:
+            x_t = x_t.contiguous(memory_format=torch.channels_last)
         with autocast(device, "bf16"):
             return _to_fp32(fn(x_t, t))
 

@@ -3,30 +3,38 @@
 The loop only sees the method interface (`loss`, `trainable_parameters`, `components`). Budget in images
 seen (the paper's unit), Adam/AdamW, EMA of the trainable parameters (with a warm-up), optional horizontal
 flip, bf16 autocast where the hardware has it (`amp_enabled`), channels_last on CUDA, DistributedDataParallel
-under `torchrun`, generators seeded per rank from the run seed, a JSONL log and a tqdm bar.
+under `torchrun`, generators seeded per rank from the run seed, a JSONL log and progress
+(pdae.progress: a tqdm bar on a terminal, a plain line every minute in a log file).
 
 Resume: every `resume_every_images` the whole training state (weights, EMA, optimizer, RNG states,
 images seen) is written atomically to `<out>.resume/state.pt`; rerunning the same command continues from
 it, and the result is bitwise equal to an uninterrupted run (CPU). The final model folder (EMA weights)
-is written once, at the end, atomically; then the resume directory is removed.
+is written once, at the end, atomically; then the resume directory is removed. Outputs follow
+`pdae.fsutil`: one writer per output (`<out>.lock`), every temporary file in the run's staging folder
+`.<out>.pdae-staging` (never in a final folder, even after `kill -9`), nothing replaced or removed that
+this program did not write; SIGINT/SIGTERM stop at the next step boundary with a resume state.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import shutil
-import sys
+import signal
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
 
+from pdae import fsutil
 from pdae.config import RunConfig, TrainConfig
+from pdae.device import resolve_device  # noqa: F401 - one resolver for every command (pdae.bench too)
 from pdae.methods import Method, build_method, export_method, load_method
 from pdae.provenance import code_version, sha256_bytes, utc_now
 
@@ -36,6 +44,57 @@ LOG_FILE = "train_log.jsonl"
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the message is one line."""
+
+
+class TrainingInterrupted(TrainingError):
+    """SIGINT or SIGTERM stopped the run at a step boundary, after saving the resume state."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class StopSignals:
+    """SIGINT and SIGTERM ask the loop to stop at the next step boundary (`pending`) instead of killing it
+    mid-write; a second signal stops at once (KeyboardInterrupt; every write is atomic, so nothing is left
+    half-written). Installed only in the main thread; the previous handlers come back on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        self._old = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}")
+        self.signum = signum
+
+    def pending(self, dist_info: DistInfo, step: int, every: int) -> int:
+        """The signal to stop for (0: none). Under DDP the ranks agree (all-reduce MAX) every `every` steps,
+        so that all of them stop at the same step and save one resume state together."""
+        if dist_info.world == 1:
+            return self.signum or 0
+        if step % max(every, 1):
+            return 0
+        import torch.distributed as dist
+
+        flag = torch.tensor(self.signum or 0, dtype=torch.int64)
+        if dist.get_backend() == "nccl":
+            flag = flag.cuda()
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag)
 
 
 # Distributed set-up.
@@ -62,14 +121,6 @@ def init_distributed(device: torch.device) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError("--device cuda requested but no CUDA device is available")
-    return torch.device(device)
-
-
 # Data order: a fixed permutation per epoch, so the sample at global position k depends only on (seed, k).
 def epoch_permutation(seed: int, epoch: int, n: int) -> Tensor:
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -87,25 +138,87 @@ def global_indices(seed: int, n: int, start: int, count: int) -> Tensor:
     return torch.cat(out)
 
 
-class BatchSource:
-    """Batches of (x, y) by dataset index, in-process or through DataLoader workers."""
+class IndexBatches(torch.utils.data.Sampler):
+    """This rank's dataset indices for `steps` global batches from global sample `start` on: batch k is
+    `global_indices(seed, n, start + k * batch, batch)`, sharded by rank. The order depends only on (seed,
+    position), so a run resumed at `start` reads exactly what the uninterrupted run read."""
 
-    def __init__(self, dataset: Any, num_workers: int) -> None:
-        self.dataset = dataset
-        self.num_workers = num_workers
+    def __init__(self, seed: int, n: int, start: int, batch: int, steps: int, rank: int = 0, world: int = 1) -> None:
+        self.seed, self.n, self.start, self.batch, self.steps = seed, n, start, batch, steps
+        self.rank, self.local = rank, batch // world
 
-    def get(self, indices: Tensor) -> tuple[Tensor, Tensor]:
-        if self.num_workers == 0 or len(indices) < 2 * self.num_workers:
-            items = [self.dataset[int(i)] for i in indices]
-        else:
-            loader = torch.utils.data.DataLoader(
-                torch.utils.data.Subset(self.dataset, indices.tolist()),
-                batch_size=max(1, len(indices) // self.num_workers), num_workers=self.num_workers,
-            )
-            items = [(x, y) for xb, yb in loader for x, y in zip(xb, yb)]
-        xs = torch.stack([torch.as_tensor(it[0]) for it in items])
-        ys = torch.stack([torch.as_tensor(it[1]) for it in items])
-        return xs, ys
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[list[int]]:
+        perms: dict[int, Tensor] = {}  # the epochs' permutations, computed once each (not per batch)
+        for k in range(self.steps):
+            pos, out = self.start + k * self.batch, []
+            while pos < self.start + (k + 1) * self.batch:
+                epoch, offset = divmod(pos, self.n)
+                if epoch not in perms:
+                    perms = {epoch: epoch_permutation(self.seed, epoch, self.n), **{e: v for e, v in perms.items() if e >= epoch - 1}}
+                take = min(self.n - offset, self.start + (k + 1) * self.batch - pos)
+                out.append(perms[epoch][offset : offset + take])
+                pos += take
+            yield torch.cat(out)[self.rank * self.local : (self.rank + 1) * self.local].tolist()
+
+
+def batch_loader(dataset: Any, batches: IndexBatches, num_workers: int, pin_memory: bool = False,
+                 prefetch_factor: int = 4) -> torch.utils.data.DataLoader:
+    """One loader for the whole run (built once, after resume): persistent worker processes that read
+    `prefetch_factor` batches ahead each, pinned host memory for non-blocking copies to a GPU, and the
+    deterministic index order of `batches`. With `num_workers=0` (the default for tiny in-memory data) it
+    reads in the training process."""
+    extra = ({"persistent_workers": True, "prefetch_factor": prefetch_factor, "worker_init_fn": _worker_ignores_sigint}
+             if num_workers > 0 else {})
+    # Its own generator: making the iterator draws a base seed, which must not come from the global RNG
+    # (dropout's, restored on resume).
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=_collate,
+                                       pin_memory=pin_memory, generator=torch.Generator().manual_seed(0), **extra)
+
+
+def _worker_ignores_sigint(worker_id: int) -> None:
+    """Ctrl-C reaches the whole process group: the workers leave it to the training process, which stops at
+    the next step boundary and shuts them down."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class LossMeter:
+    """Training losses kept on the device: summed for the log lines and checked for finiteness, both without a
+    host sync per step (`add`); the loop syncs only where it logs or saves (`first_nonfinite`, `mean`)."""
+
+    def __init__(self, device: torch.device, total: float = 0.0, count: int = 0) -> None:
+        self.sum = torch.tensor(total, dtype=torch.float64, device=device)
+        self.count = count
+        self.first_bad = torch.zeros((), dtype=torch.int64, device=device)  # first non-finite step; 0: none
+
+    def add(self, loss: Tensor, step: int) -> None:
+        self.sum += loss
+        self.count += 1
+        bad = (self.first_bad == 0) & ~torch.isfinite(loss)
+        self.first_bad = torch.where(bad, step, self.first_bad)
+
+    def first_nonfinite(self, dist_info: DistInfo) -> int:
+        """The first step (on any rank) whose loss was not finite since the meter was made; 0 if none."""
+        bad = self.first_bad.clone()
+        if dist_info.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        return int(bad)
+
+    def mean(self, dist_info: DistInfo) -> float:
+        return _mean_over_ranks(self.sum, dist_info) / max(self.count, 1)
+
+    def state(self) -> list[float | int]:
+        return [float(self.sum), self.count]
+
+    def reset(self) -> None:
+        self.sum.zero_()
+        self.count = 0
 
 
 class TensorPairs(torch.utils.data.Dataset):
@@ -119,6 +232,16 @@ class TensorPairs(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
         return self.z[i], self.y[i]
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+        """A whole batch by one gather (the DataLoader's batched fetch; `batch_loader` keeps it as is)."""
+        idx = torch.as_tensor(indices)
+        return self.z[idx], self.y[idx]
+
+
+def _collate(data: Any) -> Any:
+    """A batch a dataset's `__getitems__` already stacked passes through; a list of items is collated."""
+    return data if isinstance(data, tuple) else torch.utils.data.default_collate(data)
 
 
 @torch.no_grad()
@@ -192,12 +315,15 @@ class EMA:
             self.shadow[n].copy_(state[n])
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def _atomic_torch_save(obj: Any, path: Path, staging: fsutil.RunStaging | None = None) -> None:
+    """torch.save to the run's staging folder (else a hidden sibling), fsync, rename over `path`: `path` is the
+    old or the new state, never a partial one; a failed write (disk full) is a one-line WriteError."""
+    tmp = staging.new_path(path.name) if staging is not None else path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with fsutil.writing(path, cleanup=[tmp]):
+        torch.save(obj, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
 
 
 def _run_fingerprint(method_name: str, cfg: RunConfig, seed: int, world: int, extra: dict[str, Any]) -> str:
@@ -238,24 +364,32 @@ def amp_enabled(amp: str, device: torch.device, input_kind: str) -> bool:
     return input_kind == "images" and precision.bf16_available(device)
 
 
+def channels_last_enabled(setting: str, device: torch.device, input_kind: str, use_amp: bool) -> bool:
+    """channels_last (NHWC) image networks: `train.channels_last` on / off, or auto = on CUDA, and on a CPU when
+    the step runs in bf16 (oneDNN's bf16 convolutions are fastest in NHWC; see benchmarks/README.md)."""
+    if input_kind != "images" or setting == "off":
+        return False
+    return setting == "on" or device.type == "cuda" or use_amp
+
+
 def _make_optimizer(params: list[nn.Parameter], tc: TrainConfig) -> torch.optim.Optimizer:
     return adam_optimizer(params, tc.lr, tuple(tc.betas), tc.weight_decay, decoupled=tc.optimizer == "adamw")
 
 
-def _log_lines_upto(path: Path, images_seen: int) -> None:
-    """Drop log entries written after the resume point (they will be written again)."""
+def _log_lines_upto(path: Path, images_seen: int, staging: fsutil.RunStaging | None = None) -> None:
+    """Drop log entries written after the resume point (they will be written again), and a last line cut short
+    by a kill (it is after the resume point too); the log is rewritten atomically."""
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["images_seen"] <= images_seen]
-    path.write_text("".join(ln + "\n" for ln in keep))
-
-
-class NonFiniteLoss(ArithmeticError):
-    """The step's loss is not finite; nothing was updated."""
-
-    def __init__(self, value: float) -> None:
-        super().__init__(f"non-finite loss {value}")
-        self.value = value
+    keep = []
+    for ln in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(ln)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("images_seen"), int) and record["images_seen"] <= images_seen:
+            keep.append(ln)
+    fsutil.write_bytes_atomic(path, "".join(ln + "\n" for ln in keep).encode(), staging)
 
 
 @dataclasses.dataclass
@@ -273,27 +407,26 @@ class Stepper:
     device: torch.device
 
 
-def train_step(st: Stepper, x: Tensor, y: Tensor, generator: torch.Generator, lr: float, count: int,
-               dist_info: DistInfo | None = None) -> float:
-    """One optimisation step of the training loop (also what `pdae bench` times): set the learning rate,
-    forward the per-sample loss (bf16 autocast if `use_amp`) and its mean, stop on a non-finite loss before
-    changing anything (NonFiniteLoss), backward, clip, Adam, then the `count`-th EMA update.
+def train_step(st: Stepper, x: Tensor, y: Tensor, generator: torch.Generator, lr: float, count: int) -> Tensor:
+    """One optimisation step of the training loop (also what `pdae bench` times): set the learning rate, draw
+    the step's t and noise from `generator` (`Method.draw`, outside any compiled region), forward the
+    per-sample loss (bf16 autocast if `use_amp`) and its mean, backward, clip, Adam, then the `count`-th EMA
+    update.
 
-    -> the loss (mean over ranks under DDP)."""
+    -> this rank's mean loss, a detached fp32 tensor on the device. Nothing here waits for the device: the
+    caller checks finiteness where it logs or saves (`LossMeter`), so a non-finite step is never saved."""
     for group in st.optimizer.param_groups:
         group["lr"] = lr
+    draws = st.method.draw(x, generator)
     with torch.autocast(st.device.type, dtype=torch.bfloat16, enabled=st.use_amp):
-        loss = st.model(x, y, generator).mean()
-    loss_value = _mean_over_ranks(loss.detach().float(), dist_info or DistInfo())
-    if not math.isfinite(loss_value):
-        raise NonFiniteLoss(loss_value)
+        loss = st.model(x, y, draws).mean()
     st.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if st.grad_clip is not None:
         nn.utils.clip_grad_norm_(st.params, st.grad_clip)
     st.optimizer.step()
     st.ema.update(st.method, count)
-    return loss_value
+    return loss.detach().float()
 
 
 @dataclasses.dataclass
@@ -320,8 +453,117 @@ def train(
 ) -> TrainResult:
     """Train `method_name` under `cfg` and write the final model folder `out_dir`.
 
+    Before any work, every config value (`pdae.config.check_run_config`) and the paths are checked: `out_dir`
+    must not exist; the resume folder (default `<out>.resume`) must be missing, empty or one this program
+    wrote, apart from `out_dir` and on its file system. The run then holds `<out>.lock` (one writer per
+    output; a second run is refused at once), writes every temporary file in `.<out>.pdae-staging` (removed
+    on every exit) and stops on SIGINT/SIGTERM at the next step boundary with a resume state
+    (TrainingInterrupted).
+
     :param stop_after_images: for tests: return (without final artifacts) once this many images were seen.
     """
+    from pdae.config import check_run_config
+
+    out_dir = Path(out_dir)
+    resume_dir = Path(resume_dir) if resume_dir else out_dir.with_name(out_dir.name + ".resume")
+    check_run_config(method_name, cfg, dpm_dir, encoder_dir, check_inputs=True)
+    main = int(os.environ.get("RANK", "0")) == 0
+    with contextlib.ExitStack() as stack:
+        staging = None
+        if main:
+            _check_output_paths(out_dir, resume_dir)
+            stack.enter_context(fsutil.OutputLock(out_dir))
+            if resume_dir != out_dir.with_name(out_dir.name + ".resume"):
+                stack.enter_context(fsutil.OutputLock(resume_dir, "--resume-dir"))
+            _check_output_paths(out_dir, resume_dir)  # again, now that no other run can change them
+            staging = stack.enter_context(fsutil.RunStaging(out_dir))
+            fsutil.remove_legacy_temps(resume_dir)
+        stop = stack.enter_context(StopSignals())
+        try:
+            return _train_run(staging, stop, method_name, cfg, out_dir, dpm_dir=dpm_dir, encoder_dir=encoder_dir,
+                              seed=seed, device=device, resume_dir=resume_dir, progress=progress,
+                              stop_after_images=stop_after_images)
+        except MemoryError:
+            raise TrainingError(f"out of memory while training {method_name} (config.nets sizes, train.batch_size); "
+                                f"the last resume state, if any, is kept in {resume_dir}") from None
+
+
+def _check_output_paths(out_dir: Path, resume_dir: Path) -> None:
+    """`out_dir` must not exist; the resume folder must be ours (or missing/empty), separate from `out_dir`
+    and on the same file system as the staging folder beside `out_dir` (files are renamed between them)."""
+    if out_dir.exists() or out_dir.is_symlink():
+        what = "folder" if out_dir.is_dir() else "file"
+        raise TrainingError(f"{out_dir}: output {what} exists; remove it or choose another --out to train again")
+    if fsutil.overlaps(out_dir, resume_dir):
+        raise TrainingError(f"--resume-dir {resume_dir} and --out {out_dir} overlap (one is inside the other); "
+                            "choose separate folders")
+    fsutil.check_resume_folder(resume_dir)
+    if not fsutil.same_filesystem(out_dir.parent, resume_dir.parent):
+        raise TrainingError(f"--resume-dir {resume_dir} is not on the file system of --out {out_dir}; "
+                            "choose a resume folder beside the output")
+
+
+def _check_memory(method_name: str, cfg: RunConfig, info: dict[str, Any], prior: Method | None,
+                  encoder: Method | None, dev: torch.device) -> None:
+    """Refuse networks whose training state (fp32 weights, gradients, Adam moments, EMA: 20 bytes a parameter)
+    exceeds the free memory, counted on the meta device (nothing allocated). Best effort: a network that
+    cannot be built there is left to the real build."""
+    from pdae.config import NET_CLASSES, _load
+
+    fixed = {"in_channels": info["channels"], "image_size": info["image_size"],
+             "num_classes": info["num_classes"] or None, "prior": getattr(prior, "unet", None),
+             "latent_dim": getattr(encoder, "latent_dim", None),
+             "num_outputs": info["num_attributes"] if cfg.method.get("targets") == "attributes" else info["num_classes"]}
+    total = 0
+    for (method, name), (ref, fixed_names) in NET_CLASSES.items():
+        if method != method_name:
+            continue
+        try:
+            with torch.device("meta"):
+                module = _load(ref)(**dict(cfg.nets.get(name) or {}), **{k: fixed[k] for k in fixed_names})
+        except Exception:  # noqa: BLE001 - the real build reports it
+            return
+        total += sum(p.numel() for p in module.parameters() if p.is_meta)
+    need = 20 * total
+    if dev.type == "cuda":
+        free = torch.cuda.mem_get_info(dev)[0]
+    else:
+        free = _available_host_memory()
+    if free is not None and need > free:
+        raise TrainingError(f"config.nets: the networks have {total:,} parameters; their training state needs "
+                            f"{need / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB free on {dev.type}")
+
+
+def _available_host_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _train_run(
+    staging: fsutil.RunStaging | None,
+    stop: StopSignals,
+    method_name: str,
+    cfg: RunConfig,
+    out_dir: str | Path,
+    *,
+    dpm_dir: str | Path | None = None,
+    encoder_dir: str | Path | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    resume_dir: str | Path | None = None,
+    progress: bool = True,
+    stop_after_images: int | None = None,
+) -> TrainResult:
+    """`train` once its paths are checked and locked: temporary files in `staging`, signals through `stop`."""
     from pdae.checkpoint import save_model_folder
     from pdae.data import build_dataset, random_hflip
 
@@ -341,8 +583,12 @@ def train(
     # Data and method.
     dataset = build_dataset(cfg.data, split="train")
     info = data_info(dataset)
+    if tc.batch_size > len(dataset):
+        raise TrainingError(f"config.train.batch_size: {tc.batch_size} is larger than the training set "
+                            f"({len(dataset)} images)")
     prior = load_method(dpm_dir, dev) if dpm_dir else None
     encoder = load_method(encoder_dir, dev) if encoder_dir else None
+    _check_memory(method_name, cfg, info, prior, encoder, dev)
     torch.manual_seed(seed)  # identical initial weights on every rank
     method = build_method(method_name, cfg.nets, cfg.method, cfg.diffusion, info, prior=prior, encoder=encoder)
     hflip = bool(getattr(dataset, "hflip", False)) and method.input_kind == "images"
@@ -360,7 +606,7 @@ def train(
     ema = EMA(method, tc.ema_decay, tc.ema_warmup)
     on_cuda = dev.type == "cuda"
     use_amp = amp_enabled(tc.amp, dev, method.input_kind)
-    channels_last = method.input_kind == "images" and (tc.channels_last == "on" or (tc.channels_last == "auto" and on_cuda))
+    channels_last = channels_last_enabled(tc.channels_last, dev, method.input_kind, use_amp)
     if channels_last:
         method.to(memory_format=torch.channels_last)
     model: nn.Module = method
@@ -376,13 +622,16 @@ def train(
     torch.manual_seed(seed * 1000 + dist_info.rank + 1)  # dropout
     fingerprint = _run_fingerprint(method_name, cfg, seed, dist_info.world,  # the resolved precision too: a
                                    {"dpm": str(dpm_dir), "encoder": str(encoder_dir),  # resume never mixes them
-                                    "precision": "bf16" if use_amp else "fp32"})
+                                    "precision": "bf16" if use_amp else "fp32", "channels_last": channels_last})
 
     # Resume.
     images_seen, wall_before, resumed_from = 0, 0.0, 0
     log_acc = (0.0, 0)  # loss sum and count since the last log line
     state_path = resume_dir / STATE_FILE
     if state_path.exists():
+        from pdae.checkpoint import _check_declared_sizes
+
+        _check_declared_sizes(state_path)  # no memory bomb: sizes bounded by the file's (one-line CheckpointError)
         try:
             state = torch.load(state_path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unreadable state is reported in one line
@@ -400,17 +649,18 @@ def train(
         log_acc = (float(state["log_acc"][0]), int(state["log_acc"][1]))
         resumed_from = images_seen
     if dist_info.main:
-        resume_dir.mkdir(parents=True, exist_ok=True)
-        _log_lines_upto(resume_dir / LOG_FILE, images_seen)
+        with fsutil.writing(resume_dir):
+            resume_dir.mkdir(parents=True, exist_ok=True)
+        _log_lines_upto(resume_dir / LOG_FILE, images_seen, staging)
 
-    local_batch = tc.batch_size // dist_info.world
     total_steps = math.ceil(tc.images / tc.batch_size)
     step = images_seen // tc.batch_size
-    source = BatchSource(dataset, tc.num_workers)
+    batches = IndexBatches(seed, len(dataset), images_seen, tc.batch_size, total_steps - step, dist_info.rank, dist_info.world)
+    loader = iter(batch_loader(dataset, batches, tc.num_workers, pin_memory=on_cuda))
     snapshots = sorted(set(tc.snapshot_images))
     t_start = time.perf_counter()
-    (log_loss, log_n), log_t, log_img = log_acc, time.perf_counter(), images_seen
-    bar = _progress_bar(total_steps, step, method_name, enabled=progress and dist_info.main)
+    meter, log_t, log_img = LossMeter(dev, *log_acc), time.perf_counter(), images_seen
+    bar = _progress_bar(total_steps, step, method_name, progress and dist_info.main, tc.batch_size)
 
     def wall() -> float:
         return wall_before + time.perf_counter() - t_start
@@ -425,9 +675,18 @@ def train(
                 "fingerprint": fingerprint, "images_seen": images_seen, "wall_time_s": wall(),
                 "model": {k: v for k, v in method.state_dict().items() if k in _trainable_state_keys(method)},
                 "optimizer": optimizer.state_dict(), "ema": ema.state_dict(), "rng": all_rng,
-                "log_acc": [log_loss, log_n],
+                "log_acc": meter.state(),
             }
-            _atomic_torch_save(state, state_path)
+            _atomic_torch_save(state, state_path, staging)
+
+    def ensure_finite() -> None:
+        """Stop (TrainingError) if a step since the last check had a non-finite loss: nothing is saved after it."""
+        bad = meter.first_nonfinite(dist_info)
+        if bad:
+            bar.close()
+            kept = (f"the last good resume state is kept in {resume_dir}" if state_path.exists()
+                    else "no resume state was written before it")
+            raise TrainingError(f"non-finite loss at step {bad} ({(bad - 1) * tc.batch_size} images seen before it); {kept}")
 
     def save_snapshot(n_images: int) -> None:
         if not dist_info.main:
@@ -436,54 +695,56 @@ def train(
         meta = _metadata(method_name, cfg, seed, n_images, n_images // tc.batch_size, wall(), dist_info, dpm_dir,
                          encoder_dir, "bf16" if use_amp else "fp32")
         target = resume_dir / "snapshots" / f"img{n_images:09d}"
-        if not target.exists():
-            save_model_folder(target, tensors, config, meta)
+        if not target.exists():  # built in the staging folder, renamed into place when complete
+            save_model_folder(target, tensors, config, meta, staging=staging.new_path(target.name) if staging else None)
 
     while step < total_steps:
         if stop_after_images is not None and images_seen >= stop_after_images:
             bar.close()
             return TrainResult(out_dir, images_seen, step, resumed_from, wall())
+        signum = stop.pending(dist_info, step, tc.log_every_images // tc.batch_size)
+        if signum:  # SIGINT/SIGTERM: stop at this step boundary with a resume state
+            ensure_finite()
+            save_resume()
+            bar.close()
+            raise TrainingInterrupted(
+                f"stopped by {signal.Signals(signum).name} after step {step} ({images_seen} images seen); the resume "
+                f"state is saved in {resume_dir}: rerun the same command to continue", signum)
         # One optimisation step on the global batch (this rank's shard).
-        idx = global_indices(seed, len(dataset), images_seen, tc.batch_size)
-        idx = idx[dist_info.rank * local_batch : (dist_info.rank + 1) * local_batch]
-        x, y = source.get(idx)
+        x, y = next(loader)
         x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
         if hflip:
             x = random_hflip(x, generator)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         lr = tc.lr * min(1.0, (images_seen + tc.batch_size) / tc.warmup_images) if tc.warmup_images else tc.lr
-        try:
-            loss_value = train_step(stepper, x, y, generator, lr, step + 1, dist_info)
-        except NonFiniteLoss as exc:
-            bar.close()
-            raise TrainingError(
-                f"non-finite loss ({exc.value}) at step {step + 1} ({images_seen} images seen); "
-                f"the last good resume state is kept in {resume_dir}"
-            ) from None
+        meter.add(train_step(stepper, x, y, generator, lr, step + 1), step + 1)
         step += 1
         images_seen += tc.batch_size
-        log_loss += loss_value
-        log_n += 1
         bar.update(1)
 
         # Log, resume state, snapshots.
         if images_seen // tc.log_every_images != (images_seen - tc.batch_size) // tc.log_every_images or step == total_steps:
+            ensure_finite()
             now = time.perf_counter()
             record = {
-                "step": step, "images_seen": images_seen, "loss": log_loss / log_n, "lr": lr,
+                "step": step, "images_seen": images_seen, "loss": meter.mean(dist_info), "lr": lr,
                 "images_per_s": (images_seen - log_img) / max(now - log_t, 1e-9), "wall_time_s": round(wall(), 3),
             }
             if dist_info.main:
                 with open(resume_dir / LOG_FILE, "a") as fh:
                     fh.write(json.dumps(record) + "\n")
                 bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
-            log_loss, log_n, log_t, log_img = 0.0, 0, now, images_seen
+            meter.reset()
+            log_t, log_img = now, images_seen
         for n_images in snapshots:
             if images_seen - tc.batch_size < n_images <= images_seen:
+                ensure_finite()
                 save_snapshot(n_images)
         if images_seen // tc.resume_every_images != (images_seen - tc.batch_size) // tc.resume_every_images:
+            ensure_finite()
             save_resume()
+    ensure_finite()
     bar.close()
 
     # Final artifact: EMA weights, written once and atomically, then the resume state goes.
@@ -493,15 +754,17 @@ def train(
         meta = _metadata(method_name, cfg, seed, images_seen, step, result.wall_time_s, dist_info, dpm_dir,
                          encoder_dir, "bf16" if use_amp else "fp32")
         meta["resumed_from_images"] = resumed_from
-        staging = out_dir.with_name(f".{out_dir.name}.staging")
-        if staging.exists():
-            shutil.rmtree(staging)
-        save_model_folder(staging, tensors, config, meta)
-        (staging / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
-        shutil.copy2(resume_dir / LOG_FILE, staging / LOG_FILE)
-        if (resume_dir / "snapshots").exists():
-            shutil.copytree(resume_dir / "snapshots", staging / "snapshots")
-        os.replace(staging, out_dir)
+        # Built complete in the staging folder (model files, config, log, the snapshots), then renamed into place.
+        build = staging.new_path(out_dir.name) if staging else out_dir.with_name(f".{out_dir.name}.staging")
+        extra = {"train_config.json": (json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n").encode(),
+                 LOG_FILE: (resume_dir / LOG_FILE).read_bytes()}
+        save_model_folder(build, tensors, config, meta, extra_files=extra,
+                          staging=staging.new_path("model") if staging else None)
+        snaps = sorted(p for p in (resume_dir / "snapshots").glob("img*") if fsutil.SNAPSHOT_NAME.fullmatch(p.name))
+        with fsutil.writing(out_dir / "snapshots", cleanup=[build]):
+            for snap in snaps:  # complete folders only: each was renamed into place when written
+                shutil.copytree(snap, build / "snapshots" / snap.name)
+            fsutil.swap_in(build, out_dir)
         shutil.rmtree(resume_dir, ignore_errors=True)
     _barrier(dist_info)
     return result
@@ -552,16 +815,9 @@ def _barrier(dist_info: DistInfo) -> None:
         dist.barrier()
 
 
-class _NullBar:
-    def update(self, n: int) -> None: ...
-    def set_postfix(self, **kw: Any) -> None: ...
-    def close(self) -> None: ...
+def _progress_bar(total: int, initial: int, desc: str, enabled: bool, batch_size: int) -> Any:
+    """Steps and images seen: a tqdm bar on a terminal, a plain line every minute in a log (pdae.progress)."""
+    from pdae.progress import progress_bar
 
-
-def _progress_bar(total: int, initial: int, desc: str, enabled: bool) -> Any:
-    if not enabled:
-        return _NullBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, desc=f"train {desc}", unit="step", file=sys.stderr,
-                dynamic_ncols=True, mininterval=2.0)
+    return progress_bar(total, f"train {desc}", "steps", initial=initial, per_unit=(batch_size, "images"),
+                        enabled=enabled)

@@ -2,14 +2,18 @@
 
 `.ci/slurm-up.sh` installs Debian's `slurm-wlm`, `munge` (and, for accounting, `slurmdbd` and
 `mariadb-server`) if missing, starts `munged`, `mariadbd`, `slurmdbd`, `slurmctld` and `slurmd` (node
-`localhost`, partition `debug`, everything under `$PDAE_SLURM_DIR`, default /tmp/pdae-slurm) and waits until
-the node is idle; daemons that already answer are reused. `.ci/slurm-down.sh` stops exactly the daemons
+`localhost`, everything under `$PDAE_SLURM_DIR`, default /tmp/pdae-slurm) and waits until the node is idle; daemons that already answer are reused. `.ci/slurm-down.sh` stops exactly the daemons
 one `up` started, by the PIDs it recorded. CI runs `up` before pytest, so here the fixture finds the
 cluster running and starts nothing; on a developer machine the fixture starts it on first use and stops
 what it started at the end of the session (never earlier: with `scontrol` and a slurm.conf installed but
 no `slurmctld`, every snakemake start stalls 10-20 s, see .ci/slurm-down.sh; `down` removes the
 config, so scontrol then fails at once). PDAE_SLURM_ACCOUNTING=0 starts it without accounting (no
 `sacct`; `SlurmCluster.accounting` is False).
+
+The node carries what profiles/slurm asks for (`node_settings`): partition `debug` (the default) and
+every partition the profile names, memory for a few of its largest jobs, 16 CPUs; so `pytest` needs no
+PDAE_SLURM_* variables. `.ci/run` exports the same settings (`python -m tests.slurm_cluster`) before it
+starts the cluster; variables set by hand still win.
 
 Use from any test module:
 
@@ -30,6 +34,7 @@ import atexit
 import dataclasses
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import time
@@ -37,11 +42,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 UP = REPO / ".ci" / "slurm-up.sh"
 DOWN = REPO / ".ci" / "slurm-down.sh"
+PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
+TEST_CONFIG = REPO / ".test" / "config" / "config.yaml"  # the config the slurm workflow test submits
 PARTITION = "debug"
+CONCURRENT_JOBS = 4  # tests/test_workflow_slurm.py runs the profile with --jobs 4
+MIN_CPUS = 16        # slurmd trusts the advertised size (config_overrides); jobs share the real cores
 NODE = "localhost"
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
                 "DEADLINE"}
@@ -140,6 +150,25 @@ class SlurmCluster:
 _CLUSTER: SlurmCluster | None = None
 
 
+def node_settings(profile: Path = PROFILE, config: Path = TEST_CONFIG) -> dict[str, str]:
+    """PDAE_SLURM_PARTITIONS / _CPUS / _MEM_MB (.ci/slurm-up.sh) of a node on which `profile` runs unchanged:
+    `debug` first, then every slurm_partition of the profile; memory for CONCURRENT_JOBS of the largest mem_mb
+    of the profile or the test config's training jobs."""
+    data = yaml.safe_load(profile.read_text())
+    sections = [data.get("default-resources") or {}, *(data.get("set-resources") or {}).values()]
+    named = [str(s["slurm_partition"]) for s in sections if s.get("slurm_partition")]
+    partitions = list(dict.fromkeys([PARTITION, *named]))
+    mem_mb = [int(s["mem_mb"]) for s in sections if s.get("mem_mb")]
+    mem_mb.append(int(yaml.safe_load(config.read_text())["resources"]["train_mem_mb"]))
+    return {"PDAE_SLURM_PARTITIONS": " ".join(partitions), "PDAE_SLURM_CPUS": str(max(MIN_CPUS, os.cpu_count() or 1)),
+            "PDAE_SLURM_MEM_MB": str(CONCURRENT_JOBS * max(mem_mb))}
+
+
+def node_env() -> dict[str, str]:
+    """node_settings(), overridden by any PDAE_SLURM_* variable already set."""
+    return {key: os.environ.get(key, value) for key, value in node_settings().items()}
+
+
 def unavailable_reason() -> str | None:
     """Why this machine cannot run the cluster, or None."""
     if os.geteuid() != 0:
@@ -156,7 +185,7 @@ def start_cluster(slurm_dir: Path | None = None, timeout: float = 300) -> SlurmC
         return _CLUSTER
     slurm_dir = Path(slurm_dir or os.environ.get("PDAE_SLURM_DIR", "/tmp/pdae-slurm"))
     pids_file = slurm_dir / f"started.pytest-{os.getpid()}.pids"
-    env = {**os.environ, "PDAE_SLURM_DIR": str(slurm_dir), "PDAE_SLURM_PIDS": str(pids_file)}
+    env = {**os.environ, **node_env(), "PDAE_SLURM_DIR": str(slurm_dir), "PDAE_SLURM_PIDS": str(pids_file)}
     t0 = time.perf_counter()
     proc = subprocess.run(["bash", str(UP)], env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
@@ -196,3 +225,7 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         pytest.fail(str(exc), pytrace=False)
     yield cluster
     stop_cluster()
+
+
+if __name__ == "__main__":  # `eval "$(python -m tests.slurm_cluster)"`: the node settings as shell exports (.ci/run)
+    print("export " + " ".join(f"{key}={shlex.quote(value)}" for key, value in node_env().items()))

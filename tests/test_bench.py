@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from pdae.bench import PRESETS, build_methods, run_benchmark
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_bench_methods_share_one_unet_size_and_pdae_trains_only_its_new_parts():
@@ -48,3 +53,35 @@ def test_bench_times_the_training_loops_own_step():
     assert r["precision"] == ("bf16" if cpu_has_bf16() else "fp32")
     r = bench.time_training_steps(dpm, (1, 16, 16), 4, steps=1, warmup=0, device=torch.device("cpu"), amp="off")
     assert r["precision"] == "fp32"
+
+
+def test_gpu_check_runs_on_cpu_through_the_shared_training_step(tmp_path: Path) -> None:
+    """benchmarks/gpu_check.py end to end on the CPU (embedded preset): numerics pass, throughput recorded."""
+    out = tmp_path / "gpu_check.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--preset",
+                           "embedded", "--steps", "1", "--warmup", "0", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    record = json.loads(out.read_text())
+    assert record["passed"] and set(record["checks"]["passed"]) >= {"bf16", "channels_last", "bf16_channels_last"}
+    for name in ("pdae", "diffae"):
+        assert record["throughput_bf16"]["results"][name]["images_per_s"] > 0
+        assert record["throughput_bf16"]["results"][name]["channels_last"] is True
+
+
+@pytest.mark.skipif(not __import__("pdae.precision").precision.cpu_has_bf16(), reason="CPU without native bf16")
+def test_speed_precision_reports_agreement_and_interleaved_rounds(tmp_path: Path) -> None:
+    out = tmp_path / "speed.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "speed_precision.py"), "--preset", "embedded",
+                           "--rounds", "2", "--train-steps", "1", "--sample-batch", "2", "--steps", "5",
+                           "--threads", "1", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    record = json.loads(out.read_text())
+    assert len(record["rounds"]) == 2 and set(record["rounds"][0]) == {"fp32", "bf16", "bf16_cl"}
+    assert record["summary"]["fp32"]["train_step_s"]["speedup_vs_fp32_median"] == 1.0
+    agree = record["agreement_vs_fp32"]["bf16_cl"]
+    # bf16 keeps 8 mantissa bits: eps and G differ from fp32 by well under their own size, never by nothing
+    assert 0 < agree["eps_max_abs"] < 0.5 * max(1.0, 4 * agree["eps_rms_fp32"])
+    assert 0 < agree["G_max_abs"] < 0.5 * max(1.0, 4 * agree["G_rms_fp32"])
+    assert agree["ddim5_sample_mean_abs"] < 0.05
+    assert out.with_suffix(".md").read_text().count("| bf16_cl |") == 1

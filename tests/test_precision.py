@@ -48,3 +48,17 @@ def test_bf16_ddim_sample_agrees_with_fp32() -> None:
     assert bf16.dtype == torch.float32 and torch.isfinite(bf16).all()
     err = (bf16 - fp32).abs()
     assert 0 < err.max() < 0.5 and err.mean() < 0.01, (err.max(), err.mean())  # measured: 0.17, 0.0016
+
+
+def test_memory_format_is_nhwc_inside_bf16_only_and_keeps_weights_trainable() -> None:
+    conv = torch.nn.Conv2d(3, 8, 3)
+    before = conv.weight.detach().clone()
+    cpu = torch.device("cpu")
+    with torch.inference_mode(), precision.memory_format(conv, cpu, "bf16") as nhwc:
+        assert nhwc and conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert conv.weight.is_contiguous() and torch.equal(conv.weight, before)
+    with precision.memory_format(conv, cpu, "fp32") as nhwc:
+        assert not nhwc and conv.weight.is_contiguous()
+    # parameters converted inside inference mode are still ordinary tensors: training works afterwards
+    conv(torch.randn(1, 3, 5, 5)).sum().backward()
+    assert conv.weight.grad is not None

@@ -18,7 +18,9 @@ from safetensors.torch import load_file
 
 from pdae.config import ConfigError, RunConfig, TrainConfig, from_dict, load_run_config
 from pdae.methods import DPM, load_method
-from pdae.training import TrainingError, global_indices, train
+from pdae.training import (
+    DistInfo, IndexBatches, LossMeter, TensorPairs, TrainingError, batch_loader, global_indices, train,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = {"name": "digits", "image_size": 8, "channels": 1}
@@ -115,12 +117,60 @@ def test_data_order_depends_only_on_seed_and_position() -> None:
     assert not torch.equal(whole[:10], whole[10:20])
 
 
+def test_index_batches_follow_global_order_and_shard_by_rank() -> None:
+    n, batch = 10, 4
+    whole = global_indices(3, n, 8, 5 * batch)  # from global sample 8 on, across epoch boundaries
+    got = [torch.tensor(b) for b in IndexBatches(3, n, 8, batch, 5)]
+    assert torch.equal(torch.cat(got), whole)
+    ranks = [list(IndexBatches(3, n, 8, batch, 5, rank=r, world=2)) for r in range(2)]
+    for k in range(5):  # rank 0 takes the first half of every global batch, rank 1 the second
+        assert ranks[0][k] + ranks[1][k] == got[k].tolist() and len(ranks[0][k]) == batch // 2
+
+
+def test_persistent_loader_with_workers_gives_the_in_process_batches() -> None:
+    from pdae.data import build_dataset
+
+    dataset = build_dataset(dict(DATA), split="train")
+    batches = IndexBatches(1, len(dataset), 40, 16, 6)
+    ref = list(batch_loader(dataset, batches, num_workers=0))
+    loader = batch_loader(dataset, batches, num_workers=2, prefetch_factor=2)
+    assert loader.persistent_workers
+    for _ in range(2):  # a second pass reuses the same worker processes
+        got = list(loader)
+        assert len(got) == 6
+        for (x, y), (rx, ry) in zip(got, ref):
+            assert torch.equal(x, rx) and torch.equal(y, ry) and x.shape == (16, 1, 8, 8)
+
+
+def test_in_memory_latents_are_fetched_as_one_gather_with_the_same_values() -> None:
+    z, y = torch.randn(50, 6), torch.randint(0, 3, (50,))
+    pairs = TensorPairs(z, y)
+    batches = IndexBatches(2, 50, 30, 16, 4)
+    for (zb, yb), idx in zip(batch_loader(pairs, batches, num_workers=0), batches):
+        assert torch.equal(zb, torch.stack([pairs[i][0] for i in idx])) and torch.equal(yb, y[idx])
+
+
+def test_loss_meter_sums_on_device_and_finds_the_first_nonfinite_step() -> None:
+    meter = LossMeter(torch.device("cpu"), total=1.5, count=1)
+    for step, value in enumerate([0.5, float("nan"), 2.0, float("inf")], start=7):
+        meter.add(torch.tensor(value), step)
+    assert meter.first_nonfinite(DistInfo()) == 8
+    ok = LossMeter(torch.device("cpu"))
+    for step, value in enumerate([0.25, 0.5, 0.75], start=1):
+        ok.add(torch.tensor(value, dtype=torch.float32), step)
+    assert ok.first_nonfinite(DistInfo()) == 0 and ok.mean(DistInfo()) == 0.5 and ok.state() == [1.5, 3]
+    ok.reset()
+    assert ok.state() == [0.0, 0]
+
+
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "pdae", "train", *args, "--no-progress"]
 
 
-def test_kill9_then_rerun_is_bitwise_identical(tmp_path: Path) -> None:
-    cfg = tiny_config(images=320, resume_every_images=16, log_every_images=64)
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_kill9_then_rerun_is_bitwise_identical(tmp_path: Path, num_workers: int) -> None:
+    """Also with the persistent loader's worker processes: the batches after a resume are the same."""
+    cfg = tiny_config(images=320, resume_every_images=16, log_every_images=64, num_workers=num_workers)
     path = write_config(tmp_path / "cfg.yaml", cfg)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ref = tmp_path / "ref"
@@ -147,22 +197,35 @@ def test_kill9_then_rerun_is_bitwise_identical(tmp_path: Path) -> None:
     assert [(r["images_seen"], r["loss"]) for r in log] == [(r["images_seen"], r["loss"]) for r in ref_log]
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _explode_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    """Make the DPM's loss NaN at its `step`-th call (the check runs later, where the loop logs or saves)."""
     calls = {"n": 0}
-    original = DPM.loss
+    original = DPM.loss_from
 
-    def exploding(self, x, y, generator):  # noqa: ANN001
+    def exploding(self, x, y, draws):  # noqa: ANN001
         calls["n"] += 1
-        loss = original(self, x, y, generator)
-        return loss * float("nan") if calls["n"] == 5 else loss
+        loss = original(self, x, y, draws)
+        return loss * float("nan") if calls["n"] == step else loss
 
-    monkeypatch.setattr(DPM, "loss", exploding)
+    monkeypatch.setattr(DPM, "loss_from", exploding)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _explode_at(monkeypatch, 5)
     out = tmp_path / "model"
-    with pytest.raises(TrainingError, match="non-finite loss .* at step 5 .*64 images seen.*last good resume state"):
+    with pytest.raises(TrainingError, match=r"non-finite loss at step 5 \(64 images seen before it\); the last good resume state"):
         train("dpm", tiny_config(resume_every_images=32), out, progress=False)
     assert not out.exists()
     state = torch.load(tmp_path / "model.resume" / "state.pt", weights_only=True)
-    assert state["images_seen"] == 64
+    assert state["images_seen"] == 64  # saved after step 4; nothing after the NaN step was saved
+    assert not (tmp_path / "model.resume" / "snapshots").exists()
+
+
+def test_non_finite_loss_before_any_resume_state_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _explode_at(monkeypatch, 2)
+    with pytest.raises(TrainingError, match=r"non-finite loss at step 2 .*no resume state was written before it"):
+        train("dpm", tiny_config(resume_every_images=160), tmp_path / "model", progress=False)
+    assert not (tmp_path / "model.resume" / "state.pt").exists()
 
 
 @pytest.mark.parametrize(

@@ -93,12 +93,28 @@ class Method(nn.Module):
         self.method_kwargs: dict[str, Any] = {}
         self.schedule: Schedule | None = None
 
-    # Training.
-    def loss(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:  # [N]
+    # Training. The loss is split in two so that torch.compile sees no seeded random call: `draw` takes the
+    # step's random numbers from the run's generator (outside the compiled region), `loss_from` is the
+    # deterministic rest (dropout aside). `loss(x, y, generator)` is the two in a row.
+    def draw(self, x: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        """The step's random draws: t ~ U{0..T-1} then eps ~ N(0, I) for a diffusion method (in that order,
+        from `generator`), nothing otherwise."""
+        if not self.is_diffusion:
+            return {}
+        return {"t": sample_timesteps(self.schedule, x.shape[0], generator, x.device), "noise": sample_noise(x, generator)}
+
+    def loss_from(self, x: Tensor, y: Tensor, draws: dict[str, Tensor]) -> Tensor:  # [N]
+        """The per-sample training loss given the step's `draw`."""
         raise NotImplementedError
 
-    def forward(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
-        return self.loss(x, y, generator)
+    def loss(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:  # [N]
+        return self.loss_from(x, y, self.draw(x, generator))
+
+    def forward(self, x: Tensor, y: Tensor, draws: "dict[str, Tensor] | torch.Generator") -> Tensor:
+        """`loss_from(x, y, draws)`; a generator in place of `draws` draws them first (= `loss`)."""
+        if isinstance(draws, torch.Generator):
+            draws = self.draw(x, draws)
+        return self.loss_from(x, y, draws)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from pdae.diffusion.gaussian import q_sample
 from pdae.diffusion.schedule import Schedule
-from pdae.methods.base import Method, per_sample_mean, sample_noise, sample_timesteps
+from pdae.methods.base import Method, per_sample_mean
 
 
 class DiffAE(Method):
@@ -26,9 +26,8 @@ class DiffAE(Method):
         self.model = model
         self.schedule = schedule
 
-    def loss(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
-        t = sample_timesteps(self.schedule, x.shape[0], generator, x.device)
-        noise = sample_noise(x, generator)
+    def loss_from(self, x: Tensor, y: Tensor, draws: dict[str, Tensor]) -> Tensor:
+        t, noise = draws["t"], draws["noise"]
         eps = self.model(q_sample(self.schedule, x, t, noise), t, self.model.encode(x))
         return per_sample_mean((noise - eps).float() ** 2)
 

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from pdae.diffusion.gaussian import q_sample
 from pdae.diffusion.schedule import Schedule
-from pdae.methods.base import Method, per_sample_mean, sample_noise, sample_timesteps
+from pdae.methods.base import Method, per_sample_mean
 
 
 class DPM(Method):
@@ -23,9 +23,8 @@ class DPM(Method):
         self.unet = unet
         self.schedule = schedule
 
-    def loss(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
-        t = sample_timesteps(self.schedule, x.shape[0], generator, x.device)
-        noise = sample_noise(x, generator)
+    def loss_from(self, x: Tensor, y: Tensor, draws: dict[str, Tensor]) -> Tensor:
+        t, noise = draws["t"], draws["noise"]
         eps = self.unet.eps_from_output(self.unet(q_sample(self.schedule, x, t, noise), t))
         return per_sample_mean((noise - eps).float() ** 2)
 

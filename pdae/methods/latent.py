@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from pdae.diffusion.gaussian import q_sample
 from pdae.diffusion.schedule import Schedule
-from pdae.methods.base import Method, per_sample_mean, sample_noise, sample_timesteps
+from pdae.methods.base import Method, per_sample_mean
 
 
 class LatentStats(nn.Module):
@@ -47,9 +47,8 @@ class LatentDPM(Method):
         # PDAE's HEAD clamps z_T and the predicted z_0 to [-1, 1]; Diff-AE does not (docs/protocol.md §7.4).
         self.method_kwargs = {"clip_latent": clip_latent}
 
-    def loss(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
-        t = sample_timesteps(self.schedule, x.shape[0], generator, x.device)
-        noise = sample_noise(x, generator)
+    def loss_from(self, x: Tensor, y: Tensor, draws: dict[str, Tensor]) -> Tensor:
+        t, noise = draws["t"], draws["noise"]
         eps = self.net(q_sample(self.schedule, x, t, noise), t)
         return per_sample_mean((noise - eps).abs().float())
 
@@ -84,7 +83,7 @@ class LatentClassifier(Method):
         """D of the latents it classifies (its dataset statistics)."""
         return int(self.stats.mean.shape[0])
 
-    def loss(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
+    def loss_from(self, x: Tensor, y: Tensor, draws: dict[str, Tensor]) -> Tensor:
         logits = self.head(x)
         if self.method_kwargs["targets"] == "attributes":
             bce = nn.functional.binary_cross_entropy_with_logits(logits.float(), y.float(), reduction="none")
@@ -113,7 +112,7 @@ class FeatureNetMethod(Method):
     def num_classes(self) -> int:
         return int(self.net.config["num_classes"])
 
-    def loss(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
+    def loss_from(self, x: Tensor, y: Tensor, draws: dict[str, Tensor]) -> Tensor:
         return nn.functional.cross_entropy(self.net(x).float(), y.long(), reduction="none")
 
     def components(self) -> dict[str, nn.Module]:

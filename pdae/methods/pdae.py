@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from pdae.diffusion.gaussian import extract, pdae_loss_weight, q_sample, shift_coef
 from pdae.diffusion.schedule import Schedule
-from pdae.methods.base import Method, per_sample_mean, sample_noise, sample_timesteps
+from pdae.methods.base import Method, per_sample_mean
 
 WEIGHTINGS = ("snr", "uniform")
 
@@ -62,9 +62,8 @@ class PDAE(Method):
     def condition(self, x: Tensor, y: Tensor) -> Tensor:
         return y if self.conditional_on_label else self.encoder(x)
 
-    def loss(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
-        t = sample_timesteps(self.schedule, x.shape[0], generator, x.device)
-        noise = sample_noise(x, generator)
+    def loss_from(self, x: Tensor, y: Tensor, draws: dict[str, Tensor]) -> Tensor:
+        t, noise = draws["t"], draws["noise"]
         x_t = q_sample(self.schedule, x, t, noise)
         eps, g = self.estimator(x_t, t, self.condition(x, y))
         eps_hat = eps + extract(self.shift_coef, t, x.shape) * g

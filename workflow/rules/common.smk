@@ -1,5 +1,7 @@
 # Validation, wildcard constraints and path helpers (kept small: logic lives in the packages).
 import os
+import re
+import shlex
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -13,7 +15,14 @@ ABLATION_SEEDS = [int(s) for s in config["ablation_seeds"]]
 FIGURE_SEEDS = [int(s) for s in config.get("figure_seeds", [config["seeds"][0]])]
 AUTOENCODERS = ["pdae", "diffae"]
 EVAL = config["eval"]
-ENV = "../../environment.yml"  # one environment for every rule (`--sdm conda` builds it)
+RES = config["resources"]
+# One conda environment for all rules, built by `--sdm conda`: the dependencies only. Snakemake builds it from
+# its own copy under .snakemake/conda/, where a `pip install -e .` would find no project, so the jobs import
+# `pdae` and `eval` from this workflow's folder instead (PYTHONPATH, below). With the project installed
+# (`pip install -e .`, environment.yml) that folder is the installed code, so nothing changes.
+ENV = "../envs/pdae.yaml"
+_BASEDIR = shlex.quote(workflow.basedir).replace("{", "{{").replace("}", "}}")  # braces: shell-format escaped
+shell.prefix(f"set -euo pipefail; export PYTHONPATH={_BASEDIR}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 
 
 def _fail(message):
@@ -36,6 +45,8 @@ for _name in DATASETS:
     _data = config["dataset_settings"][_name].get("data_path")
     if _data and not Path(_data).exists():
         _fail(f"config: dataset_settings.{_name}.data_path: dataset {_data} not found")
+if str(config["device"]).startswith("cuda") and RES["train_gpus"] < 1:
+    _fail(f"config: device {config['device']} needs resources.train_gpus >= 1 (the GPUs of a training job)")
 for _key, _list in (("ablation_seeds", ABLATION_SEEDS), ("figure_seeds", FIGURE_SEEDS)):
     for _s in _list:
         if _s not in SEEDS:
@@ -101,9 +112,34 @@ def datasets_with_prior(kinds):
     return "|".join(names) if names else "(?!)"
 
 
-def launcher(resources):
-    """`pdae`, or torchrun with one process per GPU for multi-GPU training jobs."""
+# GPUs and CPUs of a job (what a cluster executor asks for; see profiles/slurm). The multi-GPU trainings (DPM,
+# autoencoders, class-conditional PDAE) take resources.train_gpus GPUs, one torchrun process each; every other
+# job that runs on a device (evaluations, latent DPM, classifier, feature net) takes one GPU when the config
+# runs on GPUs (device cuda, or auto with train_gpus > 0), none otherwise. A job has resources.train_threads CPUs
+# per process (OMP threads, DataLoader workers): its `threads`, which the SLURM executor submits as --cpus-per-task.
+ON_GPU = str(config["device"]).startswith("cuda") or (config["device"] == "auto" and RES["train_gpus"] > 0)
+TRAIN_GPUS = RES["train_gpus"]
+TRAIN_THREADS = RES["train_threads"] * max(1, TRAIN_GPUS)
+JOB_GPU = {"gpu": 1 if ON_GPU else 0}
+JOB_THREADS = RES["train_threads"] if ON_GPU else 1
+
+
+def gpu_count(resources):
+    """GPUs a job holds: its `gpu` resource, or N of a `gres` resource gpu:N / gpu:<model>:N (sites that refuse
+    --gpus set gres in profiles/slurm and gpu: 0)."""
     gpus = int(getattr(resources, "gpu", 0) or 0)
+    match = re.fullmatch(r"gpu(?::[\w.-]+)?:(\d+)", str(getattr(resources, "gres", "") or ""))
+    return max(gpus, int(match.group(1)) if match else 0)
+
+
+def omp_threads(wildcards, threads, resources):
+    """OMP_NUM_THREADS of each training process: the job's CPUs shared by its processes (one per GPU)."""
+    return max(1, threads // max(1, gpu_count(resources)))
+
+
+def launcher(wildcards, resources):
+    """`pdae`, or torchrun with one process per GPU for multi-GPU training jobs."""
+    gpus = gpu_count(resources)
     if gpus > 1:
         return f"torchrun --standalone --nproc_per_node {gpus} -m pdae"
     return "python -m pdae"

@@ -1,5 +1,7 @@
 # Evaluation: every table and figure of the paper, as `python -m eval` commands writing records/NPZ files.
 # `ddim` is the plain pre-trained DPM (one per dataset) evaluated with each seed's noise.
+# Every command runs on config["device"]; on a GPU config each job holds one GPU (JOB_GPU, common.smk) and writes
+# progress lines (samples done, rate, ETA) to its log.
 
 
 rule compute_ref_stats:
@@ -8,6 +10,9 @@ rule compute_ref_stats:
         model=backend_inputs,
     output:
         stats="results/{dataset}/eval/ref_stats.npz",
+    threads: JOB_THREADS
+    resources:
+        **JOB_GPU,
     conda:
         ENV
     log:
@@ -35,6 +40,9 @@ rule evaluate_reconstruction:
         arrays="results/{dataset}/{rmethod}/seed{seed}/eval/recon.npz",
     wildcard_constraints:
         rmethod="pdae|diffae|ddim",
+    threads: JOB_THREADS
+    resources:
+        **JOB_GPU,
     conda:
         ENV
     log:
@@ -66,6 +74,9 @@ rule evaluate_gap:
         diffae="results/{dataset}/diffae/seed{seed}/model",
     output:
         records="results/{dataset}/gap/seed{seed}.json",
+    threads: JOB_THREADS
+    resources:
+        **JOB_GPU,
     conda:
         ENV
     log:
@@ -89,6 +100,9 @@ rule render_denoise_arrays:
     output:
         denoise="results/{dataset}/pdae/seed{seed}/eval/denoise.npz",
         shift="results/{dataset}/pdae/seed{seed}/eval/shift.npz",
+    threads: JOB_THREADS
+    resources:
+        **JOB_GPU,
     conda:
         ENV
     log:
@@ -116,6 +130,9 @@ rule evaluate_unconditional:
         arrays="results/{dataset}/{rmethod}/seed{seed}/eval/uncond.npz",
     wildcard_constraints:
         rmethod="pdae|diffae|ddim",
+    threads: JOB_THREADS
+    resources:
+        **JOB_GPU,
     conda:
         ENV
     log:
@@ -148,6 +165,9 @@ rule evaluate_fewshot:
         arrays="results/{dataset}/{ae}/seed{seed}/eval/fewshot_{scenario}.npz",
     wildcard_constraints:
         scenario="binary|pu",
+    threads: JOB_THREADS
+    resources:
+        **JOB_GPU,
     conda:
         ENV
     log:
@@ -176,6 +196,9 @@ rule evaluate_interpolation:
     output:
         records="results/{dataset}/{ae}/seed{seed}/eval/interpolation.json",
         arrays="results/{dataset}/{ae}/seed{seed}/eval/interpolation.npz",
+    threads: JOB_THREADS
+    resources:
+        **JOB_GPU,
     conda:
         ENV
     log:
@@ -203,6 +226,9 @@ rule evaluate_manipulation:
     output:
         records="results/{dataset}/{ae}/seed{seed}/eval/manipulation.json",
         arrays="results/{dataset}/{ae}/seed{seed}/eval/manipulation.npz",
+    threads: JOB_THREADS
+    resources:
+        **JOB_GPU,
     conda:
         ENV
     log:
@@ -233,6 +259,9 @@ rule evaluate_truncation:
     output:
         records="results/{dataset}/pdae_class/seed{seed}/eval/truncation.json",
         arrays="results/{dataset}/pdae_class/seed{seed}/eval/truncation.npz",
+    threads: JOB_THREADS
+    resources:
+        **JOB_GPU,
     conda:
         ENV
     log:
@@ -258,6 +287,9 @@ rule evaluate_probe:
         diffae="results/{dataset}/diffae/seed{seed}/model",
     output:
         records="results/{dataset}/probe/seed{seed}.json",
+    threads: JOB_THREADS
+    resources:
+        **JOB_GPU,
     conda:
         ENV
     log:
@@ -282,6 +314,9 @@ rule evaluate_efficiency:
         backend=backend_inputs,
     output:
         records="results/{dataset}/efficiency.json",
+    threads: JOB_THREADS
+    resources:
+        **JOB_GPU,
     conda:
         ENV
     log:
@@ -305,6 +340,9 @@ rule evaluate_ablation:
         uniform="results/{dataset}/pdae_uniform/seed{seed}/model",
     output:
         records="results/{dataset}/ablation/seed{seed}.json",
+    threads: JOB_THREADS
+    resources:
+        **JOB_GPU,
     conda:
         ENV
     log:

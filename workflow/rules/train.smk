@@ -1,7 +1,6 @@
 # Training: the pre-trained DPM (once per dataset), the autoencoders per seed, and the small models on z.
-# Every rule calls `pdae train`; an interrupted job resumes from <out>.resume/ when it is rerun.
-
-RES = config["resources"]
+# Every rule calls `pdae train`; an interrupted job resumes from <out>.resume/ when it is rerun (a cluster job
+# ended by its time limit too: profiles/slurm resubmits it). Progress lines go to the log (pdae.progress).
 
 
 rule train_dpm:
@@ -19,17 +18,18 @@ rule train_dpm:
     benchmark:
         "results/benchmarks/{dataset}/train_dpm.tsv"
     params:
-        launch=lambda wc, resources: launcher(resources),
+        launch=launcher,
+        omp=omp_threads,
         data=data_override,
         device=config["device"],
-    threads: RES["train_threads"]
+    threads: TRAIN_THREADS
     resources:
-        gpu=RES["train_gpus"],
+        gpu=TRAIN_GPUS,
         runtime=RES["train_runtime_min"],
         mem_mb=RES["train_mem_mb"],
     shell:
-        "OMP_NUM_THREADS={threads} {params.launch} train dpm --config {input.config} --out {output.model}"
-        " {params.data} --seed 0 --device {params.device} --no-progress > {log} 2>&1"
+        "OMP_NUM_THREADS={params.omp} {params.launch} train dpm --config {input.config} --out {output.model}"
+        " {params.data} --seed 0 --device {params.device} > {log} 2>&1"
 
 
 rule import_prior:
@@ -71,14 +71,14 @@ rule train_feature_net:
     params:
         data=data_override,
         device=config["device"],
-    threads: RES["train_threads"]
+    threads: JOB_THREADS
     resources:
-        gpu=min(1, RES["train_gpus"]),
+        **JOB_GPU,
         runtime=RES["train_runtime_min"],
         mem_mb=RES["train_mem_mb"],
     shell:
         "OMP_NUM_THREADS={threads} python -m pdae train feature-net --config {input.config} --out {output.model}"
-        " {params.data} --seed 0 --device {params.device} --no-progress > {log} 2>&1"
+        " {params.data} --seed 0 --device {params.device} > {log} 2>&1"
 
 
 rule train_autoencoder:
@@ -95,19 +95,20 @@ rule train_autoencoder:
     benchmark:
         "results/benchmarks/{dataset}/train_{variant}_seed{seed}.tsv"
     params:
-        launch=lambda wc, resources: launcher(resources),
+        launch=launcher,
+        omp=omp_threads,
         method=lambda wc: "diffae" if wc.variant == "diffae" else "pdae",
         dpm=lambda wc, input: f"--dpm {input.dpm}" if input.dpm else "",
         data=data_override,
         device=config["device"],
-    threads: RES["train_threads"]
+    threads: TRAIN_THREADS
     resources:
-        gpu=RES["train_gpus"],
+        gpu=TRAIN_GPUS,
         runtime=RES["train_runtime_min"],
         mem_mb=RES["train_mem_mb"],
     shell:
-        "OMP_NUM_THREADS={threads} {params.launch} train {params.method} --config {input.config} {params.dpm}"
-        " --out {output.model} {params.data} --seed {wildcards.seed} --device {params.device} --no-progress"
+        "OMP_NUM_THREADS={params.omp} {params.launch} train {params.method} --config {input.config} {params.dpm}"
+        " --out {output.model} {params.data} --seed {wildcards.seed} --device {params.device}"
         " > {log} 2>&1"
 
 
@@ -125,17 +126,18 @@ rule train_pdae_class:
     benchmark:
         "results/benchmarks/{dataset}/train_pdae_class_seed{seed}.tsv"
     params:
-        launch=lambda wc, resources: launcher(resources),
+        launch=launcher,
+        omp=omp_threads,
         data=data_override,
         device=config["device"],
-    threads: RES["train_threads"]
+    threads: TRAIN_THREADS
     resources:
-        gpu=RES["train_gpus"],
+        gpu=TRAIN_GPUS,
         runtime=RES["train_runtime_min"],
         mem_mb=RES["train_mem_mb"],
     shell:
-        "OMP_NUM_THREADS={threads} {params.launch} train pdae-class --config {input.config} --dpm {input.dpm}"
-        " --out {output.model} {params.data} --seed {wildcards.seed} --device {params.device} --no-progress"
+        "OMP_NUM_THREADS={params.omp} {params.launch} train pdae-class --config {input.config} --dpm {input.dpm}"
+        " --out {output.model} {params.data} --seed {wildcards.seed} --device {params.device}"
         " > {log} 2>&1"
 
 
@@ -155,14 +157,14 @@ rule train_latent:
     params:
         data=data_override,
         device=config["device"],
-    threads: RES["train_threads"]
+    threads: JOB_THREADS
     resources:
-        gpu=min(1, RES["train_gpus"]),
+        **JOB_GPU,
         runtime=RES["train_runtime_min"],
         mem_mb=RES["train_mem_mb"],
     shell:
         "OMP_NUM_THREADS={threads} python -m pdae train latent --config {input.config} --encoder {input.encoder}"
-        " --out {output.model} {params.data} --seed {wildcards.seed} --device {params.device} --no-progress"
+        " --out {output.model} {params.data} --seed {wildcards.seed} --device {params.device}"
         " > {log} 2>&1"
 
 
@@ -182,11 +184,12 @@ rule train_classifier:
     params:
         data=data_override,
         device=config["device"],
-    threads: RES["train_threads"]
+    threads: JOB_THREADS
     resources:
+        **JOB_GPU,
         runtime=RES["train_runtime_min"],
         mem_mb=RES["train_mem_mb"],
     shell:
         "OMP_NUM_THREADS={threads} python -m pdae train classifier --config {input.config} --encoder {input.encoder}"
-        " --out {output.model} {params.data} --seed {wildcards.seed} --device {params.device} --no-progress"
+        " --out {output.model} {params.data} --seed {wildcards.seed} --device {params.device}"
         " > {log} 2>&1"
