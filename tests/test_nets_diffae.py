@@ -261,3 +261,34 @@ def test_state_dict_mapping_rules() -> None:
         diffae_state_dict_to_ours({"ema_model.out.0.weight": torch.zeros(1)})
     with pytest.raises(ValueError, match="unexpected key 'x_T'"):
         diffae_state_dict_to_ours({"x_T": torch.zeros(1)})
+
+
+def test_diffae_groupnorm_rule_builds_nets_narrower_than_32_channels() -> None:
+    """Diff-AE normalises with GroupNorm(min(32, C), C) (official Diff-AE code, model/nn.py `normalization`), so
+    its networks build at 16 channels (PDAE's always use 32 groups). Pinned by the groups of every norm, the
+    parameter count and a seeded output; a 16-group norm over 16 channels normalises each channel alone."""
+    import math
+
+    from pdae.nets.cond_unet import DiffAEUNet
+
+    torch.manual_seed(0)
+    net = DiffAEUNet(image_size=16, in_channels=3, base_channels=16, channel_mult=[1, 1], num_res_blocks=1,
+                     attention_resolutions=[8], latent_dim=8, enc_channel_mult=[1, 1], enc_attention_resolutions=[8],
+                     embed_channels=32, enc_num_res_blocks=1).eval()
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert all(m.num_groups == min(32, m.num_channels) for m in norms)
+    assert {m.num_channels for m in norms} == {16, 32}
+    assert sum(p.numel() for p in net.parameters()) == 92107
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in net.parameters():  # the zero-initialised output convs: make every branch count
+            if p.dim() > 1 and not p.any():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+        x, t = torch.randn(2, 3, 16, 16, generator=g), torch.tensor([3, 700])
+        out = net(x, t, net.encode(x))
+        assert math.isclose(float(out.abs().sum()), 802.7138671875, rel_tol=1e-4)
+        norm16 = next(m for m in norms if m.num_channels == 16)
+        h = torch.randn(2, 16, 4, 4, generator=g)
+        mean, var = h.mean((2, 3), keepdim=True), h.var((2, 3), unbiased=False, keepdim=True)
+        manual = (h - mean) / torch.sqrt(var + norm16.eps) * norm16.weight.view(1, -1, 1, 1) + norm16.bias.view(1, -1, 1, 1)
+        torch.testing.assert_close(norm16(h), manual, rtol=1e-5, atol=1e-5)

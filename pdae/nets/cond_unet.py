@@ -28,7 +28,7 @@ from pdae.nets.layers import (
     AttentionBlock,
     EmbedSequential,
     ResBlock,
-    normalization,
+    diffae_normalization,
     timestep_embedding,
     zero_module,
 )
@@ -44,6 +44,12 @@ __all__ = [
 
 
 # Diff-AE ResBlock with two conditions (official `ResBlock` with `two_cond=True`, `apply_conditions`).
+class DiffAEAttentionBlock(AttentionBlock):
+    """`AttentionBlock` with Diff-AE's GroupNorm(min(32, C), C)."""
+
+    make_norm = staticmethod(diffae_normalization)
+
+
 class CondResBlock(ResBlock):
     """ADM ResBlock whose AdaGN is also scaled by z (official Diff-AE code, model/blocks.py `apply_conditions`):
 
@@ -51,8 +57,10 @@ class CondResBlock(ResBlock):
     z_s = cond_emb_layers(z) = Linear(SiLU(z)) -> C_out   (scale only, no z shift).
 
     :param cond_channels: width of z (Diff-AE: `resnet_cond_channels or embed_channels`).
-    Other parameters as `ResBlock`.
+    Other parameters as `ResBlock`; normalised with Diff-AE's GroupNorm(min(32, C), C).
     """
+
+    make_norm = staticmethod(diffae_normalization)
 
     def __init__(
         self,
@@ -93,7 +101,7 @@ class EncoderResBlock(nn.Module):
         self.out_channels = out_channels or channels
         self.down = down
         self.in_layers = nn.Sequential(
-            normalization(channels),
+            diffae_normalization(channels),
             nn.SiLU(),
             nn.Conv2d(channels, self.out_channels, 3, padding=1),
         )
@@ -174,7 +182,7 @@ class DiffAEEncoder(nn.Module):
         self.image_size = image_size
         self.in_channels = in_channels
         attention = partial(
-            AttentionBlock, num_heads=num_heads, num_head_channels=head_channels,
+            DiffAEAttentionBlock, num_heads=num_heads, num_head_channels=head_channels,
             use_new_attention_order=new_attention_order,
         )
         self.input_blocks = build_input_blocks(
@@ -184,7 +192,7 @@ class DiffAEEncoder(nn.Module):
         ch = base_channels * channel_mult[-1]
         self.middle_block = nn.Sequential(EncoderResBlock(ch), attention(ch), EncoderResBlock(ch))
         self.out = nn.Sequential(
-            normalization(ch),
+            diffae_normalization(ch),
             nn.SiLU(),
             nn.AdaptiveAvgPool2d((1, 1)),
             nn.Conv2d(ch, latent_dim, 1),
@@ -283,7 +291,7 @@ class DiffAEUNet(nn.Module):
         self.latent_dim = latent_dim
         block = partial(CondResBlock, cond_channels=latent_dim)
         attention = partial(
-            AttentionBlock, num_heads=num_heads, num_head_channels=head_channels,
+            DiffAEAttentionBlock, num_heads=num_heads, num_head_channels=head_channels,
             use_new_attention_order=new_attention_order,
         )
 
@@ -322,10 +330,10 @@ class DiffAEUNet(nn.Module):
         self.middle_block = EmbedSequential(
             block(ch, embed_channels, dropout), attention(ch), block(ch, embed_channels, dropout)
         )
-        self.output_blocks = build_output_blocks(layout, block, dropout)  # type: ignore[arg-type]
+        self.output_blocks = build_output_blocks(layout, block, dropout, DiffAEAttentionBlock)  # type: ignore[arg-type]
         out_ch = base_channels * channel_mult[0]
         self.out = nn.Sequential(
-            normalization(out_ch),
+            diffae_normalization(out_ch),
             nn.SiLU(),
             zero_module(nn.Conv2d(out_ch, in_channels, 3, padding=1)),
         )

@@ -23,6 +23,7 @@ __all__ = [
     "EmbedSequential",
     "GroupNorm32",
     "ResBlock",
+    "diffae_normalization",
     "normalization",
     "timestep_embedding",
     "zero_module",
@@ -71,6 +72,16 @@ def normalization(channels: int) -> GroupNorm32:
             f"normalization: channels={channels} is not divisible by {GROUPNORM_GROUPS} groups"
         )
     return GroupNorm32(GROUPNORM_GROUPS, channels)
+
+
+def diffae_normalization(channels: int) -> GroupNorm32:
+    """Diff-AE's normalisation layer: GroupNorm(min(32, C), C) in float32 (official Diff-AE code,
+    model/nn.py `normalization`), so its networks also build with fewer than 32 channels; identical to
+    `normalization` for every C that is a multiple of 32."""
+    groups = min(GROUPNORM_GROUPS, channels)
+    if channels < 1 or channels % groups:
+        raise ValueError(f"normalization: channels={channels} is not divisible by {groups} groups")
+    return GroupNorm32(groups, channels)
 
 
 def zero_module(module: nn.Module) -> nn.Module:
@@ -124,6 +135,9 @@ class ResBlock(EmbeddingBlock):
     :param down: downsample x2 (average pooling).
     """
 
+    #: the normalisation layer's builder (channels -> module); Diff-AE's blocks use `diffae_normalization`
+    make_norm = staticmethod(normalization)
+
     def __init__(
         self,
         channels: int,
@@ -140,13 +154,13 @@ class ResBlock(EmbeddingBlock):
         self.out_channels = out_channels or channels
         self.resample = "up" if up else "down" if down else None
         self.in_layers = nn.Sequential(
-            normalization(channels),
+            self.make_norm(channels),
             nn.SiLU(),
             nn.Conv2d(channels, self.out_channels, 3, padding=1),
         )
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * self.out_channels))
         self.out_layers = nn.Sequential(
-            normalization(self.out_channels),
+            self.make_norm(self.out_channels),
             nn.SiLU(),
             nn.Dropout(p=dropout),
             zero_module(nn.Conv2d(self.out_channels, self.out_channels, 3, padding=1)),
@@ -222,6 +236,8 @@ class AttentionBlock(nn.Module):
     :param use_new_attention_order: split q/k/v before heads (`QKVAttention`); default is the legacy order.
     """
 
+    make_norm = staticmethod(normalization)  # as `ResBlock.make_norm`
+
     def __init__(
         self,
         channels: int,
@@ -245,7 +261,7 @@ class AttentionBlock(nn.Module):
             )
         self.channels = channels
         self.use_new_attention_order = use_new_attention_order
-        self.norm = normalization(channels)
+        self.norm = self.make_norm(channels)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.proj_out = zero_module(nn.Conv1d(channels, channels, 1))
 

@@ -304,9 +304,10 @@ def build_input_blocks(
 
 
 def build_output_blocks(
-    layout: FeatureLayout, block: type[ResBlock], dropout: float
+    layout: FeatureLayout, block: type[ResBlock], dropout: float, attention: type[AttentionBlock] = AttentionBlock
 ) -> nn.ModuleList:
-    """ADM decoder blocks following `layout.output_block_specs()`, with `block` as the ResBlock class.
+    """ADM decoder blocks following `layout.output_block_specs()`, with `block` as the ResBlock class and
+    `attention` as the attention class (Diff-AE's differ in their GroupNorm rule).
 
     Used for the prior's `output_blocks` (ResBlock) and PDAE's `shift_output_blocks` (ResBlockShift);
     keys are `{i}.0` ResBlock, `{i}.1` attention (if any), then the up-sampling ResBlock.
@@ -316,7 +317,7 @@ def build_output_blocks(
         layers: list[nn.Module] = [block(spec.in_channels, layout.emb_dim, dropout, spec.out_channels)]
         if spec.attention:
             layers.append(
-                AttentionBlock(
+                attention(
                     spec.out_channels, layout.num_heads, layout.head_channels, layout.new_attention_order
                 )
             )
