@@ -14,12 +14,20 @@ reported under the metric name ``backend.distance_name``, which says what is mea
   no learned linear heads; values in [0, 4]). It is NOT LPIPS and its numbers are not comparable with published ones,
   which is why it has its own metric name and every table names the backend. Works offline.
 
+The FID features can be swapped independently of the distance (``with_fid_backend``, CLI ``--fid-backend``):
+
+- ``pytorch-fid``: pytorch-fid's FID Inception (``eval.fid_inception``; weights
+  ``pt_inception-2015-12-05-6726825d.pth`` from a local file), its resize and scaling, and its Fréchet
+  distance (``eval.fid.frechet_distance_pytorch_fid``): the FID of Diff-AE's and PDAE's published numbers.
+  FID / KID records then carry the backend name "pytorch-fid"; distance records keep the metric backend's name.
+
 Weight files are loaded with ``torch.load(..., weights_only=True)``: loading never executes code.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import os
 import warnings
@@ -57,6 +65,11 @@ class WeightsFileError(ValueError):
     """A weight file exists but cannot be loaded safely or does not fit the architecture."""
 
 
+# Fréchet distance formulas (MetricBackend.frechet) and FID backends (with_fid_backend, CLI --fid-backend).
+FRECHET_TORCH_FIDELITY, FRECHET_PYTORCH_FID = "torch-fidelity", "pytorch-fid"
+FID_BACKEND_OWN, FID_BACKEND_PYTORCH_FID = "backend", "pytorch-fid"
+FID_BACKENDS = (FID_BACKEND_OWN, FID_BACKEND_PYTORCH_FID)
+
 # Metric name and axis label of each backend's per-image distance.
 LPIPS_NAME, FEAT_DIST_NAME = "lpips", "feat_dist"
 DISTANCE_LABELS = {LPIPS_NAME: "LPIPS-AlexNet distance", FEAT_DIST_NAME: "domain feature distance"}
@@ -77,6 +90,10 @@ class MetricBackend:
             pytorch-fid's --dims) suit sets far smaller than the feature dimension.
         distance_name: metric name of ``distance`` in the records: "lpips" (real LPIPS only) or
             "feat_dist" (domain feature distance). Consumers ask the backend instead of assuming "lpips".
+        fid_name: name recorded with FID / KID numbers when the FID features are not the backend's own
+            ("pytorch-fid"); None: ``name``. See ``fid_backend_name``.
+        frechet: Fréchet distance formula of ``eval.fid.compute_fid``: "torch-fidelity" (eigenvalues of
+            sigma_1 sigma_2) or "pytorch-fid" (``scipy.linalg.sqrtm``, eps * I retry when it is not finite).
     """
 
     name: str
@@ -85,6 +102,13 @@ class MetricBackend:
     fidelity_kwargs: dict[str, Any] = field(default_factory=dict)
     fid_layer: str | None = None
     distance_name: str = LPIPS_NAME
+    fid_name: str | None = None
+    frechet: str = FRECHET_TORCH_FIDELITY
+
+    @property
+    def fid_backend_name(self) -> str:
+        """Name written next to FID / KID numbers and into reference statistics: ``fid_name`` or ``name``."""
+        return self.fid_name or self.name
 
     @property
     def distance_label(self) -> str:
@@ -123,12 +147,14 @@ def torch_checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def find_weights(file_name: str, configured: str | os.PathLike | None, config_key: str, url: str) -> Path:
+def find_weights(file_name: str, configured: str | os.PathLike | None, config_key: str, url: str,
+                 alternative: str = "or use the 'domain' metric backend") -> Path:
     """Locate a standard weight file without touching the network.
 
     Args:
         file_name: cache file name, e.g. ALEXNET_FILE.
         configured: explicit path (config key ``config_key``), or None to use the torch cache.
+        alternative: the last suggestion of the error message.
     Raises:
         MissingWeightsError: one line naming the file, where it was looked for and how to provide it.
     """
@@ -141,8 +167,7 @@ def find_weights(file_name: str, configured: str | os.PathLike | None, config_ke
     if not path.is_file():
         raise MissingWeightsError(
             f"{file_name} not found {where}; download {url} on a machine with internet and copy it to "
-            f"$TORCH_HOME/hub/checkpoints/{file_name}, or pass its path as {config_key}, "
-            f"or use the 'domain' metric backend"
+            f"$TORCH_HOME/hub/checkpoints/{file_name}, or pass its path as {config_key}, {alternative}"
         )
     return path
 
@@ -221,15 +246,29 @@ def inception_weights_path(inception_weights: str | os.PathLike | None = None) -
 def standard_backend(
     alexnet_weights: str | os.PathLike | None = None,
     inception_weights: str | os.PathLike | None = None,
+    *,
+    fid_backend: str = FID_BACKEND_OWN,
+    fid_weights: str | os.PathLike | None = None,
 ) -> MetricBackend:
     """LPIPS-AlexNet + torch-fidelity ``inception-v3-compat`` FID, from local weight files only.
 
     Args:
         alexnet_weights: path of ``alexnet-owt-7be5be79.pth``; None looks in $TORCH_HOME/hub/checkpoints.
         inception_weights: path of ``weights-inception-2015-12-05-6726825d.pth``; None likewise.
+        fid_backend: "backend" (torch-fidelity's Inception) or "pytorch-fid" (``with_fid_backend``; then
+            ``inception_weights`` is not needed and ``fid_weights`` names pytorch-fid's file).
     Raises:
-        MissingWeightsError: before anything is loaded, if either file is absent.
+        MissingWeightsError: before anything is loaded, if a needed file is absent.
     """
+    _check_fid_backend(fid_backend)
+    if fid_backend == FID_BACKEND_PYTORCH_FID:
+        from eval import fid_inception
+
+        fid_inception.find_weights_file(fid_weights)
+        find_weights(ALEXNET_FILE, alexnet_weights, "alexnet_weights", ALEXNET_URL)
+        base = MetricBackend(name="standard", lpips_net=alexnet_lpips(alexnet_weights),
+                             feature_extractor=STANDARD_FEATURE_EXTRACTOR, distance_name=LPIPS_NAME)
+        return with_fid_backend(base, fid_backend, fid_weights)
     find_weights(ALEXNET_FILE, alexnet_weights, "alexnet_weights", ALEXNET_URL)
     find_weights(INCEPTION_FILE, inception_weights, "inception_weights", INCEPTION_URL)
     lpips_net = alexnet_lpips(alexnet_weights)
@@ -241,6 +280,53 @@ def standard_backend(
         feature_extractor=STANDARD_FEATURE_EXTRACTOR,
         fidelity_kwargs={"feature_extractor_weights_path": str(weights)},
         distance_name=LPIPS_NAME,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# FID backends: the FID features of a metric backend replaced by pytorch-fid's.
+
+
+def _check_fid_backend(fid_backend: str) -> None:
+    if fid_backend not in FID_BACKENDS:
+        raise ValueError(f"unknown FID backend {fid_backend!r}; expected one of {', '.join(FID_BACKENDS)}")
+
+
+def pytorch_fid_weights_path(fid_weights: str | os.PathLike | None = None) -> Path:
+    """Locate and vet pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth``: a missing file raises a one-line
+    ``MissingWeightsError``, a file that is not that state dict a one-line ``WeightsFileError``."""
+    from eval import fid_inception
+
+    path = fid_inception.find_weights_file(fid_weights)
+    fid_inception.load_fid_inception(path)
+    return path
+
+
+def with_fid_backend(backend: MetricBackend, fid_backend: str,
+                     fid_weights: str | os.PathLike | None = None) -> MetricBackend:
+    """``backend`` with its FID / KID features taken from ``fid_backend``; the distance is unchanged.
+
+    Args:
+        fid_backend: "backend" (return ``backend`` as it is) or "pytorch-fid": pytorch-fid's FID Inception
+            (``eval.fid_inception``: its weights, its resize and scaling, pool3 2048-d features) and its
+            Fréchet distance; FID / KID records and reference statistics then say "pytorch-fid".
+        fid_weights: path of ``pt_inception-2015-12-05-6726825d.pth``; None looks in $TORCH_HOME/hub/checkpoints.
+    Raises:
+        MissingWeightsError / WeightsFileError: one line naming the file.
+    """
+    _check_fid_backend(fid_backend)
+    if fid_backend == FID_BACKEND_OWN:
+        return backend
+    from eval import fid_inception
+
+    path = pytorch_fid_weights_path(fid_weights)
+    return dataclasses.replace(
+        backend,
+        feature_extractor=fid_inception.register_extractor(),
+        fidelity_kwargs={"feature_extractor_weights_path": str(path)},
+        fid_layer=None,
+        fid_name=FID_BACKEND_PYTORCH_FID,
+        frechet=FRECHET_PYTORCH_FID,
     )
 
 

@@ -143,18 +143,31 @@ def add_backend_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--feature-net", default=None, help="domain backend: feature-net model folder")
     parser.add_argument("--alexnet-weights", default=None, help="standard backend: alexnet-owt-7be5be79.pth")
     parser.add_argument("--inception-weights", default=None, help="standard backend: weights-inception-2015-12-05-6726825d.pth")
+    parser.add_argument("--fid-backend", choices=("backend", "pytorch-fid"), default="backend",
+                        help="FID/KID features: backend (the --backend's own) or pytorch-fid (pytorch-fid's FID "
+                        "Inception, resize and Fréchet distance, as Diff-AE and PDAE; weights from --fid-weights)")
+    parser.add_argument("--fid-weights", default=None,
+                        help="pytorch-fid FID backend: pt_inception-2015-12-05-6726825d.pth "
+                        "(default: $TORCH_HOME/hub/checkpoints)")
 
 
 def backend_from_args(args: argparse.Namespace, device: str | torch.device = "cpu") -> Any:
-    from eval.backends import domain_backend, standard_backend
+    from eval.backends import domain_backend, standard_backend, with_fid_backend
 
+    fid_backend, fid_weights = getattr(args, "fid_backend", "backend"), getattr(args, "fid_weights", None)
     if args.backend == "standard":
-        return standard_backend(args.alexnet_weights, args.inception_weights).to(device)
+        return standard_backend(args.alexnet_weights, args.inception_weights, fid_backend=fid_backend,
+                                fid_weights=fid_weights).to(device)
     if not args.feature_net:
         raise ValueError("--feature-net DIR is required with --backend domain")
+    if fid_backend == "pytorch-fid":
+        from eval.fid_inception import find_weights_file
+
+        find_weights_file(fid_weights)  # a missing file fails before the feature net is loaded
     from pdae.methods import load_method
 
-    return domain_backend(load_method(args.feature_net, device).net).to(device)
+    return with_fid_backend(domain_backend(load_method(args.feature_net, device).net), fid_backend,
+                            fid_weights).to(device)
 
 
 def is_image_decoder(method: Any) -> bool:

@@ -4,7 +4,8 @@ docs/protocol.md §5.7, §5.10. The distances are torch-fidelity's; features com
 extractor a ``MetricBackend`` names (eval.backends). Reference statistics (mu, sigma and, for KID,
 the features) are ``.npz`` files produced once by ``compute_reference_stats`` and reused; there is
 no implicit name-keyed cache. ``fid_from_stats`` is an independent Fréchet distance (scipy sqrtm)
-used to cross-check torch-fidelity's eigenvalue formula; ``FrechetReference`` evaluates the same distance
+used to cross-check torch-fidelity's eigenvalue formula; ``frechet_distance_pytorch_fid`` is pytorch-fid's
+formula (the FID of the "pytorch-fid" backend, eval.fid_inception); ``FrechetReference`` evaluates the same distance
 many times against one fixed reference (bootstrap replicates, ``eval.stats.fid_bootstrap``).
 
 ``compute_fid(..., bootstrap=B)`` also returns B bootstrap replicates of the FID (generated features
@@ -33,7 +34,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from eval import common, metrics, stats
-from eval.backends import MetricBackend
+from eval.backends import FRECHET_PYTORCH_FID, MetricBackend
 
 # Default number of KID subsets (torch-fidelity's default) and the largest subset size used.
 KID_SUBSETS = 100
@@ -258,6 +259,44 @@ def fid_from_stats(stats1: StatsLike, stats2: StatsLike) -> float:
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
 
 
+# pytorch-fid's defaults: offset added to both covariances when sqrtm fails, tolerance on the imaginary diagonal.
+PYTORCH_FID_EPS = 1e-6
+PYTORCH_FID_IMAG_ATOL = 1e-3
+
+
+def frechet_distance_pytorch_fid(stats1: StatsLike, stats2: StatsLike, eps: float = PYTORCH_FID_EPS) -> float:
+    """Fréchet distance as pytorch-fid computes it (``fid_score.calculate_frechet_distance``).
+
+    The same formula as ``fid_from_stats``, with pytorch-fid's two safeguards: if ``sqrtm(sigma_1 sigma_2)`` is
+    not finite (singular product), it is recomputed as ``sqrtm((sigma_1 + eps I)(sigma_2 + eps I))``; a complex
+    result whose diagonal has an imaginary part above 1e-3 is an error, otherwise the real part is used. Whenever
+    the first sqrtm is finite and nearly real this equals ``fid_from_stats``.
+
+    Args:
+        stats1, stats2: FeatureStats or (mu [D], sigma [D, D]) pairs.
+        eps: diagonal offset of the retry (pytorch-fid: 1e-6).
+    Raises:
+        ValueError: one line, on mismatched dimensions or a large imaginary component.
+    """
+    mu1, sigma1 = _mu_sigma(stats1)
+    mu2, sigma2 = _mu_sigma(stats2)
+    _validate_stats(mu1, sigma1, "stats1")
+    _validate_stats(mu2, sigma2, "stats2")
+    if mu1.shape != mu2.shape:
+        raise ValueError(f"feature dimensions differ: {mu1.shape[0]} and {mu2.shape[0]}")
+    diff = mu1 - mu2
+    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(sigma1.shape[0]) * eps
+        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=PYTORCH_FID_IMAG_ATOL):
+            raise ValueError(f"FID: sqrtm(sigma_1 sigma_2) has an imaginary component of "
+                             f"{np.max(np.abs(covmean.imag)):.3g} (pytorch-fid refuses this too)")
+        covmean = covmean.real
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+
+
 def sqrt_psd(sigma: np.ndarray) -> np.ndarray:
     """Symmetric square root of a symmetric PSD matrix [D, D] by eigendecomposition; eigenvalues below 0
     (rounding) are clipped to 0."""
@@ -343,7 +382,7 @@ def compute_reference_stats(
     mu, sigma = stats_from_features(features)
     full_meta = {
         "format": STATS_FORMAT,
-        "backend": backend.name,
+        "backend": backend.fid_backend_name,
         "feature_extractor": backend.feature_extractor,
         "feature_layer": backend.feature_layer("fid"),
         "num_images": int(features.shape[0]),
@@ -363,7 +402,8 @@ def _check_reference(ref: FeatureStats, backend: MetricBackend, where: str, kid:
     for key, expected in expected_meta.items():
         if ref.meta.get(key) != expected:
             raise StatsFileError(
-                f"{where} was made with {key}={ref.meta.get(key)!r}, but the {backend.name} backend uses {expected!r}"
+                f"{where} was made with {key}={ref.meta.get(key)!r}, but the {backend.fid_backend_name} backend uses "
+                f"{expected!r}"
             )
     if kid and ref.features is None:
         raise StatsFileError(
@@ -392,7 +432,7 @@ def reference_stats(
     else:
         features = extract_features(images_b_or_stats, backend, batch_size, cuda)
         mu, sigma = stats_from_features(features)
-        meta = {"backend": backend.name, "feature_extractor": backend.feature_extractor,
+        meta = {"backend": backend.fid_backend_name, "feature_extractor": backend.feature_extractor,
                 "feature_layer": backend.feature_layer("fid"), "num_images": int(features.shape[0])}
         reference, where = FeatureStats(mu=mu, sigma=sigma, meta=meta, features=features), "images"
     _check_reference(reference, backend, where, kid)
@@ -429,8 +469,9 @@ def compute_fid(
     """FID (and KID) of ``images_a`` against images or precomputed reference statistics.
 
     Features come from the backend's torch-fidelity extractor; the FID is torch-fidelity's
-    ``fid_statistics_to_metric`` and the KID its ``kid_features_to_metric`` (what
-    ``torch_fidelity.calculate_metrics`` computes for two image sets). With ``bootstrap`` B > 0, also B
+    ``fid_statistics_to_metric`` (``frechet_distance_pytorch_fid`` when ``backend.frechet`` is "pytorch-fid")
+    and the KID its ``kid_features_to_metric`` (what ``torch_fidelity.calculate_metrics`` computes for two
+    image sets). With ``bootstrap`` B > 0, also B
     bootstrap replicates of the FID: the features of ``images_a`` resampled with replacement
     (``eval.stats.fid_bootstrap``, indices from ``np.random.default_rng(bootstrap_seed)``), the reference fixed.
 
@@ -455,7 +496,7 @@ def compute_fid(
     cuda = _resolve_cuda(cuda)
     layer = backend.feature_layer("fid")
     if kid and backend.feature_layer("kid") != layer:
-        raise ValueError(f"the {backend.name} backend uses different FID and KID layers; unsupported")
+        raise ValueError(f"the {backend.fid_backend_name} backend uses different FID and KID layers; unsupported")
     dataset_a = Uint8Images(images_a)
     n_a = len(dataset_a)
     reference, where = reference_stats(images_b_or_stats, backend, kid=kid, batch_size=batch_size, cuda=cuda)
@@ -464,8 +505,11 @@ def compute_fid(
 
     features_a = extract_features(dataset_a, backend, batch_size, cuda)
     mu_a, sigma_a = stats_from_features(features_a)
-    scores = fid_statistics_to_metric({"mu": mu_a, "sigma": sigma_a}, {"mu": reference.mu, "sigma": reference.sigma},
-                                      False)
+    if backend.frechet == FRECHET_PYTORCH_FID:
+        scores = {KEY_METRIC_FID: frechet_distance_pytorch_fid((mu_a, sigma_a), (reference.mu, reference.sigma))}
+    else:
+        scores = fid_statistics_to_metric({"mu": mu_a, "sigma": sigma_a},
+                                          {"mu": reference.mu, "sigma": reference.sigma}, False)
     if kid:
         features_b = torch.from_numpy(reference.features.astype(np.float64))
         scores.update(kid_features_to_metric(torch.from_numpy(features_a), features_b, kid_subsets=kid_subsets,
@@ -473,7 +517,7 @@ def compute_fid(
 
     result: dict[str, Any] = {
         "fid": float(scores[KEY_METRIC_FID]),
-        "backend": backend.name,
+        "backend": backend.fid_backend_name,
         "feature_extractor": backend.feature_extractor,
         "feature_layer": layer,
         "num_images_a": n_a,

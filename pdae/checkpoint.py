@@ -11,40 +11,44 @@ A model folder (format tag `pdae-bench/1`) holds three files:
 - `metadata.json`: a free dict (seed, images_seen, wall_time_s, code_version, created, source, ...).
 
 A folder is written into a hidden temporary sibling and renamed into place, so an interrupted write
-never leaves a folder that looks valid. Pickled `.pt`/`.ckpt` files (docs/protocol.md §3) are read with
-`torch.load(weights_only=True)`, or, for PyTorch-Lightning checkpoints holding harmless non-tensor
-objects, with a restricted unpickler whose allowlist admits tensors and plain containers only:
-loading never runs code stored in a file. Every problem is a one-line `CheckpointError` naming the
-file and key.
+never leaves a folder that looks valid. Pickled `.pt`/`.ckpt` files (docs/protocol.md §3) are read by
+`safe_torch_load` (`pdae.safe_pickle`, re-exported here): loading never runs code stored in a file. Every
+problem is a one-line `CheckpointError` naming the file and key.
 """
 
 from __future__ import annotations
 
-import _compat_pickle
-import argparse
 import collections
 import contextlib
-import datetime
 import hashlib
 import importlib
-import io
 import json
 import os
-import pathlib
-import pickle
-import re
 import shutil
 import tempfile
-import types
-import warnings
-import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+# The restricted unpickler lives in its own module; its public names are re-exported here (and
+# `_check_declared_sizes`, used by training's resume) so that `from pdae.checkpoint import ...` keeps working.
+from pdae.safe_pickle import (  # noqa: F401
+    AttributeDict,
+    CheckpointError,
+    GlobalName,
+    OpaqueClass,
+    OpaqueObject,
+    _check_declared_sizes,
+    _first_line,
+    describe,
+    is_opaque,
+    plain,
+    safe_torch_load,
+)
 
 __all__ = [
     "COMPONENT_CLASSES",
@@ -101,19 +105,6 @@ COMPONENT_CLASSES: dict[str, str] = {
 COMPONENT_INPUTS: dict[str, dict[str, str]] = {"GradientEstimator": {"prior": "prior"}}
 
 _MAX_KEYS_SHOWN = 3
-
-
-class CheckpointError(ValueError):
-    """A checkpoint or model folder is missing, corrupt, unsafe or does not fit; one-line message."""
-
-
-def _first_line(exc: BaseException, limit: int = 160) -> str:
-    """The first line of an exception message (its first sentence when long), never empty."""
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
-    if len(line) > limit and ". " in line:
-        line = line[: line.index(". ") + 1]
-    return line
 
 
 def _show_keys(keys: list[str]) -> str:
@@ -559,380 +550,3 @@ def build_components(folder: ModelFolder) -> dict[str, nn.Module]:
     build_all(meta=True)
     built = build_all(meta=False)
     return {name: built[name] for name in specs}
-
-
-# ---------------------------------------------------------------------------------------------------
-# Safe loading of pickled PyTorch checkpoints (.pt, .ckpt).
-
-
-class AttributeDict(dict):
-    """Stand-in for PyTorch-Lightning's `AttributeDict` (a dict with attribute access); a plain dict."""
-
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            raise AttributeError(key) from None
-
-
-class GlobalName(str):
-    """A class reference that is kept as its dotted name and never imported (e.g. the Lightning
-    callback class used as a dict key in old `callbacks` states). Calling it is refused."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        module, _, name = self.rpartition(".")
-        raise _RefusedGlobal(module, name)
-
-
-_LIGHTNING_PACKAGES = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric", "lightning")
-_LIGHTNING_ATTRIBUTE_DICT_MODULES = ("utilities.parsing", "utilities.data")
-_LIGHTNING_CALLBACKS = frozenset(
-    {
-        "ModelCheckpoint",
-        "LearningRateMonitor",
-        "EarlyStopping",
-        "ModelSummary",
-        "RichModelSummary",
-        "TQDMProgressBar",
-        "ProgressBar",
-        "RichProgressBar",
-        "Timer",
-        "StochasticWeightAveraging",
-        "GradientAccumulationScheduler",
-    }
-)
-
-
-def _numpy_allowlist() -> dict[tuple[str, str], Any]:
-    import numpy as np
-
-    try:
-        multiarray = importlib.import_module("numpy._core.multiarray")
-    except ImportError:
-        multiarray = importlib.import_module("numpy.core.multiarray")
-    allowed: dict[tuple[str, str], Any] = {("numpy", "dtype"): np.dtype, ("numpy", "ndarray"): np.ndarray}
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        allowed[(module, "scalar")] = multiarray.scalar
-        allowed[(module, "_reconstruct")] = multiarray._reconstruct
-    dtypes = getattr(np, "dtypes", None)
-    for name in dir(dtypes) if dtypes is not None else ():
-        if name.endswith("DType"):
-            allowed[("numpy.dtypes", name)] = getattr(dtypes, name)
-    return allowed
-
-
-def _allowed_global(module: str, name: str) -> Any:
-    """The object a pickle may reference as `module.name`, or None when it is not allowlisted.
-
-    Admitted: torch's tensor/parameter rebuild functions, dtypes, Size, device, layout; plain
-    containers (OrderedDict, set, frozenset, complex, slice, bytes via _codecs.encode); argparse and
-    SimpleNamespace; pure paths; datetime values; numpy arrays/scalars/dtypes; Lightning's
-    AttributeDict (-> `AttributeDict`, a dict) and Lightning callback classes (-> `GlobalName`).
-    """
-    table: dict[tuple[str, str], Any] = {
-        ("collections", "OrderedDict"): collections.OrderedDict,
-        ("builtins", "set"): set,
-        ("builtins", "frozenset"): frozenset,
-        ("builtins", "complex"): complex,
-        ("builtins", "slice"): slice,
-        ("builtins", "bytearray"): bytearray,
-        ("_codecs", "encode"): __import__("_codecs").encode,
-        ("argparse", "Namespace"): argparse.Namespace,
-        ("types", "SimpleNamespace"): types.SimpleNamespace,
-        ("datetime", "datetime"): datetime.datetime,
-        ("datetime", "date"): datetime.date,
-        ("datetime", "time"): datetime.time,
-        ("datetime", "timedelta"): datetime.timedelta,
-        ("datetime", "timezone"): datetime.timezone,
-        ("torch", "Size"): torch.Size,
-        ("torch", "device"): torch.device,
-        ("torch", "Tensor"): torch.Tensor,
-        ("torch.nn.parameter", "Parameter"): torch.nn.Parameter,
-        ("torch.serialization", "_get_layout"): torch.serialization._get_layout,
-        ("torch._tensor", "_rebuild_from_type_v2"): torch._tensor._rebuild_from_type_v2,
-    }
-    for rebuild in ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter", "_rebuild_parameter_with_state"):
-        if hasattr(torch._utils, rebuild):
-            table[("torch._utils", rebuild)] = getattr(torch._utils, rebuild)
-    for path_module in ("pathlib", "pathlib._local"):
-        for cls_name, pure in (
-            ("PosixPath", pathlib.PurePosixPath),
-            ("PurePosixPath", pathlib.PurePosixPath),
-            ("WindowsPath", pathlib.PureWindowsPath),
-            ("PureWindowsPath", pathlib.PureWindowsPath),
-        ):
-            table[(path_module, cls_name)] = pure
-    if (module, name) in table:
-        return table[(module, name)]
-    if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-        return getattr(torch, name)
-    if module == "numpy" or module.startswith("numpy."):
-        return _numpy_allowlist().get((module, name))
-    for package in _LIGHTNING_PACKAGES:
-        if not module.startswith(package + "."):
-            continue
-        sub = module[len(package) + 1 :]
-        if name == "AttributeDict" and sub in _LIGHTNING_ATTRIBUTE_DICT_MODULES:
-            return AttributeDict
-        if name in _LIGHTNING_CALLBACKS and sub.startswith("callbacks"):
-            return GlobalName(f"{module}.{name}")
-    return None
-
-
-class _RefusedGlobal(Exception):
-    def __init__(self, module: str, name: str) -> None:
-        super().__init__(f"{module}.{name}")
-        display_module = {"posix": "os", "nt": "os"}.get(module, module)
-        self.dotted = f"{display_module}.{name}"
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that resolves globals only through `_allowed_global`; anything else is refused
-    before it is imported, so a payload (e.g. `os.system` via `__reduce__`) is never called."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        # Python 2 names written by protocols < 3 (`__builtin__.set`), as pickle's own find_class maps them.
-        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
-        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-        obj = _allowed_global(module, name)
-        if obj is None:
-            raise _RefusedGlobal(module, name)
-        return obj
-
-
-def _restricted_load(file: Any, **kwargs: Any) -> Any:
-    return _RestrictedUnpickler(file, **kwargs).load()
-
-
-def _restricted_pickle_module() -> types.ModuleType:
-    module = types.ModuleType("pdae_restricted_pickle")
-    module.Unpickler = _RestrictedUnpickler  # type: ignore[attr-defined]
-    module.load = _restricted_load  # type: ignore[attr-defined]
-    module.UnpicklingError = pickle.UnpicklingError  # type: ignore[attr-defined]
-    return module
-
-
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with contextlib.suppress(zipfile.BadZipFile, OSError), zipfile.ZipFile(path) as archive:
-        return any(n.endswith(("/constants.pkl", "/code/")) or "/code/" in n for n in archive.namelist())
-    return False
-
-
-@contextlib.contextmanager
-def _load_errors(path: Path) -> Iterator[None]:
-    """Turn failures of torch.load into one-line CheckpointErrors (refusals keep their own message)."""
-    try:
-        yield
-    except CheckpointError:
-        raise
-    except _RefusedGlobal as exc:
-        raise CheckpointError(
-            f"refusing to load {path}: it references {exc.dotted} (pickled code); "
-            "only tensors and plain containers are accepted"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, TypeError, AttributeError, KeyError, IndexError,
-            pickle.UnpicklingError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"cannot read {path}: truncated or corrupt PyTorch file ({_first_line(exc)})") from None
-    except MemoryError:
-        raise CheckpointError(f"cannot read {path}: out of memory while unpickling it (more data than fits)") from None
-
-
-# Declared sizes: a pickle can ask for memory it does not contain (`bytearray(10**12)` through an allowed
-# global, a string or storage whose declared length exceeds the file). Before anything is unpickled, its
-# opcodes are scanned (`pickletools.genops`, which executes nothing, through a reader that never returns more
-# than the file holds) with a small symbolic stack; every such size is bounded by the file's own size.
-
-_SIZED_CALLABLES = {("builtins", "bytearray"), ("builtins", "bytes")}
-
-
-class _BoundedReader:
-    """read(n) / readline() on a binary stream that never allocate more than what is left of it."""
-
-    def __init__(self, stream: Any, size: int) -> None:
-        self.stream, self.size = stream, size
-
-    def read(self, n: int = -1) -> bytes:
-        left = max(self.size - self.stream.tell(), 0)
-        return self.stream.read(left if n is None or n < 0 else min(n, left))
-
-    def readline(self) -> bytes:
-        return self.stream.readline(max(self.size - self.stream.tell(), 0))
-
-    def tell(self) -> int:
-        return self.stream.tell()
-
-
-class _OversizedDeclaration(Exception):
-    pass
-
-
-def _scan_pickle(reader: _BoundedReader, bound: int) -> bool:
-    """Walk one pickle's opcodes up to STOP; raise _OversizedDeclaration when a size it declares exceeds
-    `bound`. -> False when the stream is not a pickle the scan understands (torch.load then decides)."""
-    import pickletools
-
-    mark, unknown = object(), object()
-    stack: list[Any] = []
-    memo: dict[Any, Any] = {}
-
-    def pop_mark() -> list[Any]:
-        for i in range(len(stack) - 1, -1, -1):
-            if stack[i] is mark:
-                items = stack[i + 1 :]
-                del stack[i:]
-                return items
-        raise IndexError("no mark")
-
-    def global_name(module: Any, name: Any) -> Any:
-        if not isinstance(module, str) or not isinstance(name, str):
-            return unknown
-        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
-        return ("global", _compat_pickle.IMPORT_MAPPING.get(module, module), name)
-
-    def check_call(fn: Any, args: Any) -> None:
-        sized = isinstance(fn, tuple) and fn[:1] == ("global",) and fn[1:] in _SIZED_CALLABLES
-        if sized and isinstance(args, tuple) and args and isinstance(args[0], int) and not isinstance(args[0], bool):
-            if args[0] > bound:
-                raise _OversizedDeclaration(f"a {args[0]}-byte {fn[2]}")
-
-    try:
-        for op, arg, _ in pickletools.genops(reader):
-            name = op.name
-            if name == "STOP":
-                return True
-            if name == "MARK":
-                stack.append(mark)
-            elif name == "GLOBAL":
-                module, _, attr = str(arg).partition(" ")
-                stack.append(global_name(module, attr))
-            elif name == "STACK_GLOBAL":
-                attr, module = stack.pop(), stack.pop()
-                stack.append(global_name(module, attr))
-            elif name == "INST":
-                module, _, attr = str(arg).partition(" ")
-                check_call(global_name(module, attr), tuple(pop_mark()))
-                stack.append(unknown)
-            elif name == "OBJ":
-                items = pop_mark()
-                check_call(items[0] if items else unknown, tuple(items[1:]))
-                stack.append(unknown)
-            elif name in ("REDUCE", "NEWOBJ"):
-                args, fn = stack.pop(), stack.pop()
-                check_call(fn, args)
-                stack.append(unknown)
-            elif name == "NEWOBJ_EX":
-                _, args, fn = stack.pop(), stack.pop(), stack.pop()
-                check_call(fn, args)
-                stack.append(unknown)
-            elif name == "BINPERSID":
-                pid = stack.pop()
-                # torch: ('storage', storage_type, key, location, numel[, view_metadata]); every element of a
-                # storage takes at least one byte of the file.
-                if isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage":
-                    numel = pid[4]
-                    if isinstance(numel, int) and numel > bound:
-                        raise _OversizedDeclaration(f"a storage of {numel} elements")
-                stack.append(unknown)
-            elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
-                n = int(name[-1])
-                items = stack[-n:]
-                if len(items) != n:
-                    raise IndexError("stack underflow")
-                del stack[-n:]
-                stack.append(tuple(items))
-            elif name == "TUPLE":
-                stack.append(tuple(pop_mark()))
-            elif name == "EMPTY_TUPLE":
-                stack.append(())
-            elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                memo[arg] = stack[-1]
-            elif name == "MEMOIZE":
-                memo[len(memo)] = stack[-1]
-            elif name in ("GET", "BINGET", "LONG_BINGET"):
-                stack.append(memo.get(arg, unknown))
-            elif name == "DUP":
-                stack.append(stack[-1])
-            elif name == "POP":
-                stack.pop()
-            elif name == "POP_MARK":
-                pop_mark()
-            elif not op.stack_before and len(op.stack_after) == 1:
-                stack.append(arg if arg is not None else unknown)  # a literal (int, str, bytes, float, ...)
-            else:
-                before = op.stack_before
-                if pickletools.markobject in before:
-                    pop_mark()
-                    keep = before.index(pickletools.markobject)
-                else:
-                    keep = len(before)
-                if keep:
-                    if len(stack) < keep:
-                        raise IndexError("stack underflow")
-                    del stack[-keep:]
-                stack.extend(unknown for _ in op.stack_after)
-    except ValueError as exc:
-        text = str(exc)
-        if "remain" in text or "sys.maxsize" in text:  # a string/bytes length beyond the end of the file
-            found = re.search(r"(\d+)", text)
-            raise _OversizedDeclaration(f"a {found.group(1) if found else 'huge'}-byte string") from None
-        return False
-    except (IndexError, TypeError, KeyError, EOFError):
-        return False
-    return False
-
-
-def _check_declared_sizes(path: Path) -> None:
-    """Refuse (CheckpointError) a pickled file that declares more memory than it holds (see `_scan_pickle`)."""
-    size = path.stat().st_size
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                infos = archive.infolist()
-                big = [i for i in infos if i.file_size > size]
-                if big:
-                    raise _OversizedDeclaration(f"a {big[0].file_size}-byte entry {big[0].filename!r} (a zip bomb?)")
-                for info in infos:
-                    if info.filename.endswith(".pkl"):
-                        data = archive.read(info)
-                        stream = io.BytesIO(data)
-                        _scan_pickle(_BoundedReader(stream, len(data)), size)
-        else:
-            with open(path, "rb") as handle:
-                reader = _BoundedReader(handle, size)
-                for _ in range(5):  # legacy format: magic, protocol, sys_info, the object, storage keys
-                    if not _scan_pickle(reader, size):
-                        break
-    except _OversizedDeclaration as exc:
-        raise CheckpointError(
-            f"refusing to load {path}: it declares {exc}, more than the file's {size} bytes hold"
-        ) from None
-    except (OSError, zipfile.BadZipFile, RuntimeError, NotImplementedError):
-        return  # unreadable: torch.load reports it
-
-
-def safe_torch_load(path: str | Path) -> Any:
-    """Load a pickled PyTorch file (`.pt`, `.ckpt`) onto the CPU without ever executing code from it.
-
-    First `torch.load(weights_only=True)`; if that refuses a non-tensor global (PyTorch-Lightning
-    checkpoints hold AttributeDicts, callback classes, Namespaces), the file is read again with
-    `_RestrictedUnpickler`, whose explicit allowlist maps harmless containers to plain objects and
-    refuses every other global (a code payload) with one line naming it. TorchScript archives are refused,
-    and so is a file that declares more memory than it holds (`_check_declared_sizes`, before unpickling).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: file not found")
-    _check_declared_sizes(path)
-    if _is_torchscript(path):  # (torch >= 2.6 refuses these under weights_only with a RuntimeError of its own)
-        raise CheckpointError(f"refusing to load {path}: it is a TorchScript archive (code); expected a checkpoint")
-    with _load_errors(path):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # e.g. "pickle protocol 4 ... not the default"
-                return torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            pass
-    with _load_errors(path):
-        return torch.load(path, map_location="cpu", pickle_module=_restricted_pickle_module())

@@ -11,6 +11,10 @@ docs/protocol.md §3 describes every layout:
   diffae-autoencoder  Diff-AE autoencoder `last.ckpt` (`ema_model.*`, `conds_mean/std`) -> method "diffae"
   diffae-latent       Diff-AE latent DPM `last.ckpt` (`ema_model.latent_net.*`, `conds_mean/std`)
                                                                                          -> method "latent"
+  pdae-latent         official PDAE latent DPM folder `trained-models/latent_denoise_fn/<name>/`:
+                      `config.yml` (`latent_denoise_fn_config`) + `checkpoint.pt`
+                      (`ema_latent_denoise_fn`, same keys as Diff-AE's `latent_net`), plus the latent
+                      statistics `trained-models/latents/<name>.pt` (`{"mean", "std"}`) -> method "latent"
 Every import checks keys and shapes against the architecture it declares (on the meta device, so
 full-size models cost no memory), stores the source tensors unchanged, and records the source files
 and their SHA-256 in metadata.json. Pickles are read with `safe_torch_load` (no code is executed).
@@ -46,11 +50,13 @@ from pdae.checkpoint import (
 __all__ = [
     "DIFFAE_PRESETS",
     "IMPORT_KINDS",
+    "check_source_kind",
     "convert_diffae_autoencoder",
     "convert_diffae_ddim",
     "convert_diffae_latent",
     "convert_pdae_autoencoder",
     "convert_pdae_dpm",
+    "convert_pdae_latent",
     "diffae_autoencoder_kwargs",
     "diffae_latent_kwargs",
     "diffae_unet_kwargs",
@@ -59,7 +65,9 @@ __all__ = [
     "import_diffae_latent",
     "import_pdae_autoencoder",
     "import_pdae_dpm",
+    "import_pdae_latent",
     "infer_encoder_kwargs",
+    "pdae_latent_kwargs",
     "register_cli",
 ]
 
@@ -129,6 +137,12 @@ DEFAULT_PRESET = "ffhq128"
 PDAE_METHOD_KWARGS = {"gamma": 0.1, "weighting": "snr"}
 # Diff-AE's latent DPM neither clamps z_T nor the predicted z_0 (docs/protocol.md §1.8, §7.4).
 DIFFAE_LATENT_METHOD_KWARGS = {"clip_latent": False}
+# PDAE's latent sampler clamps z_T and, through the image `ddim_sample` its latent loop calls, the predicted
+# normalised z_0 to [-1, 1] (official PDAE code, diffusion/gaussian_diffusion.py `latent_diffusion_sample`,
+# diffusion/ddim.py `latent_ddim_sample_loop`); its schedule is hard-coded there (`latent_diffusion_config`):
+# constant beta 0.008, T = 1000 (docs/protocol.md §1.8).
+PDAE_LATENT_METHOD_KWARGS = {"clip_latent": True}
+PDAE_LATENT_SCHEDULE = {"kind": "const", "T": 1000, "beta": 0.008}
 
 # Official PDAE encoder class names -> image size (docs/protocol.md §2.2); used to cross-check inference.
 PDAE_ENCODER_IMAGE_SIZE = {
@@ -355,6 +369,91 @@ def _find_dpm_config(src_dir: Path, ae_config: Mapping[str, Any], dpm_config: st
     raise CheckpointError(f"{where}: no denoise_fn_config or trained_ddpm_config; pass --dpm-config PATH")
 
 
+# Official `latent_denoise_fn_config` keys = MLPSkipNet's constructor arguments (official PDAE code,
+# model/mlp_skip_net.py; config/*_latent.yml), in order.
+PDAE_LATENT_CONFIG_KEYS = ("input_channel", "model_channel", "num_layers", "time_emb_channel", "use_norm", "dropout")
+
+
+def pdae_latent_kwargs(latent_config: Any, where: str = "config.yml") -> dict[str, Any]:
+    """LatentMLP kwargs of an official PDAE `latent_denoise_fn_config` (docs/protocol.md §2.4).
+
+    MLPSkipNet(input_channel, model_channel, num_layers, time_emb_channel, use_norm, dropout) has skips
+    at every layer >= 1, condition bias 1 and a time MLP as wide as its input, so `time_out` = `latent_dim`
+    = input_channel; `model` (e.g. FFHQLatentDenoiseFn) is an alias of MLPSkipNet in every official config.
+    """
+    if not isinstance(latent_config, Mapping):
+        raise CheckpointError(f"{where}: latent_denoise_fn_config must be a mapping")
+    missing = [k for k in PDAE_LATENT_CONFIG_KEYS if k not in latent_config]
+    if missing:
+        raise CheckpointError(f"{where}: latent_denoise_fn_config.{missing[0]} missing")
+    ints = {}
+    for key in ("input_channel", "model_channel", "num_layers", "time_emb_channel"):
+        value = latent_config[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise CheckpointError(f"{where}: latent_denoise_fn_config.{key} must be an integer, got {value!r}")
+        ints[key] = value
+    use_norm, dropout = latent_config["use_norm"], latent_config["dropout"]
+    if not isinstance(use_norm, bool):
+        raise CheckpointError(f"{where}: latent_denoise_fn_config.use_norm must be true or false, got {use_norm!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
+        raise CheckpointError(f"{where}: latent_denoise_fn_config.dropout must be a number, got {dropout!r}")
+    return {
+        "latent_dim": ints["input_channel"],
+        "hidden": ints["model_channel"],
+        "num_layers": ints["num_layers"],
+        "time_dim": ints["time_emb_channel"],
+        "time_out": ints["input_channel"],
+        "dropout": float(dropout),
+        "use_norm": use_norm,
+    }
+
+
+def _find_latent_stats(src_dir: Path, latent_config: Mapping[str, Any], latents: str | Path | None) -> Path:
+    """The latent statistics file of a PDAE latent DPM: `latents`, else the config's `inferred_latents`
+    relative to the folder or any parent (the official code runs from the repository root:
+    trained-models/latent_denoise_fn/<name>/ -> ../../..)."""
+    where = src_dir / "config.yml"
+    if latents is not None:
+        path = Path(latents)
+        if path.is_dir():
+            raise CheckpointError(
+                f"{path}: is a folder; --latents expects the latent statistics file {{'mean', 'std'}} "
+                "(official trained-models/latents/<name>.pt)"
+            )
+        if not path.is_file():
+            raise CheckpointError(f"{path}: file not found")
+        return path
+    ref = latent_config.get("inferred_latents")
+    if isinstance(ref, str):
+        rel = Path(ref)
+        candidates = [rel] if rel.is_absolute() else [base / rel for base in (src_dir, *src_dir.resolve().parents)]
+        for path in candidates:
+            if path.is_file():
+                return path
+        raise CheckpointError(f"{where}: inferred_latents {ref!r} not found next to or above {src_dir}; pass --latents PATH")
+    raise CheckpointError(f"{where}: no inferred_latents (the latent statistics file); pass --latents PATH")
+
+
+def _pdae_latent_stats(obj: Any, where: str, dim: int) -> dict[str, Tensor]:
+    """Official `{"mean": [D], "std": [D]}` (official PDAE code, sampler/infer_latents.py) -> our `stats.*`."""
+    if not isinstance(obj, Mapping) or "mean" not in obj or "std" not in obj:
+        have = ", ".join(sorted(map(str, obj))[:8]) if isinstance(obj, Mapping) else type(obj).__name__
+        raise CheckpointError(f"{where}: expected the latent statistics {{'mean', 'std'}} (found: {have})")
+    out = {}
+    for key in ("mean", "std"):
+        value = obj[key]
+        if not isinstance(value, Tensor) or not value.is_floating_point():
+            raise CheckpointError(f"{where}: {key} is not a floating-point tensor")
+        if value.numel() != dim:
+            raise CheckpointError(
+                f"{where}: {key} has {value.numel()} entries, latent_denoise_fn_config.input_channel is {dim}"
+            )
+        out[key] = value.reshape(-1)
+    if not bool(torch.isfinite(out["mean"]).all()) or not bool((torch.isfinite(out["std"]) & (out["std"] > 0)).all()):
+        raise CheckpointError(f"{where}: mean/std must be finite and std > 0 (z is normalised as (z - mean) / std)")
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------
 # Diff-AE hyper-parameters -> our constructor arguments.
 
@@ -483,11 +582,11 @@ def _diffae_kwargs(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(constructor kwargs, hyper-parameters used) for a Diff-AE checkpoint.
 
-    `auto` reads the checkpoint's `hyper_parameters`; a named preset is cross-checked against them
-    when present (a disagreement not covered by `override` is an error).
+    `auto` reads the checkpoint's `hyper_parameters` (`_diffae_hparams`); a named preset is cross-checked
+    against them when present (a disagreement not covered by `override` is an error).
     """
-    stored = ckpt.get("hyper_parameters")
-    stored = dict(stored) if isinstance(stored, Mapping) else None
+    stored = _diffae_hparams(ckpt, where)
+    convert = _one_line_hp_errors(convert)
     if preset == AUTO_PRESET:
         if stored is None:
             raise CheckpointError(f"{where}: no hyper_parameters to read the architecture from; pass --preset NAME")
@@ -513,6 +612,48 @@ def _diffae_kwargs(
     return {**kwargs, **override}, hp
 
 
+def _diffae_hparams(ckpt: Mapping[str, Any], where: str) -> dict[str, Any] | None:
+    """The checkpoint's `hyper_parameters` as plain data (None when absent or not a mapping).
+
+    Diff-AE saves `conf.as_dict_jsonable()`, plain values only (official Diff-AE code, experiment.py
+    `LitModel.__init__`); other Lightning checkpoints pickle config objects and enums, which load as inert
+    stand-ins (pdae.safe_pickle) and are read through `plain`: a dataclass -> the dict of its fields, an enum
+    member -> its value. A `save_hyperparameters()` inside `LitModel(conf)` stores {"conf": TrainConfig}:
+    its `conf` is read.
+    """
+    from pdae.safe_pickle import plain
+
+    raw = ckpt.get("hyper_parameters")
+    if raw is None:
+        return None
+    try:
+        hp = plain(raw)
+    except ValueError as exc:
+        raise CheckpointError(f"{where}: hyper_parameters: {exc}") from None
+    if not isinstance(hp, Mapping):
+        return None
+    if "net_ch" not in hp and isinstance(hp.get("conf"), Mapping):
+        hp = hp["conf"]
+    return dict(hp)
+
+
+def _one_line_hp_errors(
+    convert: Callable[[Mapping[str, Any], str], dict[str, Any]],
+) -> Callable[[Mapping[str, Any], str], dict[str, Any]]:
+    """`convert` with a hyper-parameter of the wrong type (int({...}), int('x')) as a one-line CheckpointError."""
+
+    def checked(hp: Mapping[str, Any], where: str) -> dict[str, Any]:
+        try:
+            return convert(hp, where)
+        except CheckpointError:
+            raise
+        except (TypeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"{where}: a Diff-AE hyper-parameter has an unusable value ({first})") from None
+
+    return checked
+
+
 def _diffae_ema(ckpt: Any, where: str) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """(Lightning `state_dict`, its `ema_model.*` entries with the prefix stripped)."""
     sd = _mapping(ckpt, "state_dict", where)
@@ -521,7 +662,9 @@ def _diffae_ema(ckpt: Any, where: str) -> tuple[dict[str, Any], dict[str, Tensor
         raise CheckpointError(f"{where}: no 'ema_model.*' entries in state_dict (not a Diff-AE checkpoint?)")
     bad = [k for k, v in ema.items() if not isinstance(v, Tensor)]
     if bad:
-        raise CheckpointError(f"{where}: state_dict['ema_model.{bad[0]}'] is not a tensor")
+        from pdae.safe_pickle import describe
+
+        raise CheckpointError(f"{where}: state_dict['ema_model.{bad[0]}'] is not a tensor ({describe(ema[bad[0]])})")
     return sd, ema
 
 
@@ -631,6 +774,36 @@ def convert_pdae_autoencoder(
     return tensors, config
 
 
+def convert_pdae_latent(
+    ckpt: Any,
+    official_config: Mapping[str, Any],
+    stats: Any,
+    where: str = "checkpoint.pt",
+    config_where: str = "config.yml",
+    stats_where: str = "latents.pt",
+) -> Converted:
+    """Official PDAE latent DPM (docs/protocol.md §1.8, §2.4, §3.3): `ckpt["ema_latent_denoise_fn"]` (an
+    MLPSkipNet state dict, the key names of our LatentMLP) fitted to `latent_denoise_fn_config` -> method
+    "latent", component `net`, plus `stats.mean`/`stats.std` from the statistics file. `encoder`,
+    `decoder`, the raw `latent_denoise_fn`, `optimizer` and `scaler` are ignored. Schedule: constant
+    beta 0.008, T = 1000 (hard-coded in the official code); `clip_latent` as the official sampler."""
+    if "latent_denoise_fn_config" not in official_config:
+        raise CheckpointError(f"{config_where}: no latent_denoise_fn_config (not an official PDAE latent DPM folder?)")
+    kwargs = pdae_latent_kwargs(official_config["latent_denoise_fn_config"], config_where)
+    spec = {"class": "LatentMLP", "kwargs": kwargs}
+    net = _meta_component(spec, f"{config_where}: latent_denoise_fn_config")
+    sd = _state_dict(ckpt, "ema_latent_denoise_fn", where)
+    check_state_dict(net, sd, f"{where}: ema_latent_denoise_fn")
+    stats_sd = _pdae_latent_stats(stats, stats_where, kwargs["latent_dim"])
+    config = make_config(
+        "latent",
+        {"net": spec, "stats": {"class": "LatentStats", "kwargs": {"dim": kwargs["latent_dim"]}}},
+        _schedule_dict(PDAE_LATENT_SCHEDULE["kind"], PDAE_LATENT_SCHEDULE["T"], beta=PDAE_LATENT_SCHEDULE["beta"]),
+        PDAE_LATENT_METHOD_KWARGS,
+    )
+    return {**state_dict_with_prefix("net", sd), **state_dict_with_prefix("stats", stats_sd)}, config
+
+
 def convert_diffae_ddim(
     ckpt: Any, preset: str = DEFAULT_PRESET, override: Mapping[str, Any] | None = None, where: str = "last.ckpt"
 ) -> Converted:
@@ -699,7 +872,47 @@ def convert_diffae_latent(
 # Importers (files -> model folder).
 
 
-def _pdae_folder(src_dir: str | Path) -> tuple[Path, Path, Path]:
+# What each import kind reads (`check_source_kind`): a folder or a file, and a hint for the other layout.
+_SOURCE_FOLDER = "the folder holding config.yml and checkpoint.pt"
+_SOURCE_KINDS: dict[str, tuple[str, str, str]] = {  # kind: (folder/file, what it expects, hint for the other layout)
+    "pdae-dpm": ("folder", _SOURCE_FOLDER, "for a Diff-AE DDIM last.ckpt use `pdae import diffae-ddim`"),
+    "pdae-autoencoder": (
+        "folder", _SOURCE_FOLDER, "for a Diff-AE autoencoder last.ckpt use `pdae import diffae-autoencoder`"
+    ),
+    "pdae-latent": ("folder", _SOURCE_FOLDER, "for a Diff-AE latent last.ckpt use `pdae import diffae-latent`"),
+    "diffae-ddim": ("file", "the `last.ckpt` file", "for the official PDAE DPM folder use `pdae import pdae-dpm`"),
+    "diffae-autoencoder": (
+        "file", "the `last.ckpt` file", "for the official PDAE autoencoder folder use `pdae import pdae-autoencoder`"
+    ),
+    "diffae-latent": ("file", "the `last.ckpt` file", "for the official PDAE latent folder use `pdae import pdae-latent`"),
+    "diffusers": (
+        "folder", "the diffusers model folder (model_index.json or unet/)",
+        "for a guided/improved-diffusion .pt file use `pdae import adm`",
+    ),
+    "adm": (
+        "file", "the guided/improved-diffusion `.pt` checkpoint file", "for a diffusers folder use `pdae import diffusers`"
+    ),
+}
+
+
+def check_source_kind(kind: str, src: str | Path) -> None:
+    """One-line CheckpointError when SRC exists but is a folder where `kind` reads a file, or vice versa.
+    A missing SRC passes: each importer reports it in its own words."""
+    if kind not in _SOURCE_KINDS:
+        return
+    path = Path(src)
+    want, what, other = _SOURCE_KINDS[kind]
+    if want == "folder" and path.exists() and not path.is_dir():
+        hint = f"give its folder {path.parent}" if path.name in ("config.yml", "checkpoint.pt") else other
+        raise CheckpointError(f"{path}: is a file; {kind} expects {what} ({hint})")
+    if want == "file" and path.is_dir():
+        inside = path / "last.ckpt"
+        hint = f"did you mean {inside}?" if kind.startswith("diffae-") and inside.is_file() else other
+        raise CheckpointError(f"{path}: is a folder; {kind} expects {what} ({hint})")
+
+
+def _pdae_folder(src_dir: str | Path, kind: str) -> tuple[Path, Path, Path]:
+    check_source_kind(kind, src_dir)
     src = Path(src_dir)
     if not src.is_dir():
         raise CheckpointError(f"{src}: expected the official folder holding config.yml and checkpoint.pt")
@@ -708,7 +921,7 @@ def _pdae_folder(src_dir: str | Path) -> tuple[Path, Path, Path]:
 
 def import_pdae_dpm(src_dir: str | Path, out_dir: str | Path, *, force: bool = False) -> Path:
     """Official PDAE `pre-trained-dpms/<name>/` (config.yml + checkpoint.pt) -> model folder, method "dpm"."""
-    _, cfg_path, ckpt_path = _pdae_folder(src_dir)
+    _, cfg_path, ckpt_path = _pdae_folder(src_dir, "pdae-dpm")
     official = _read_yaml(cfg_path)
     if not ckpt_path.is_file():
         raise CheckpointError(f"{ckpt_path}: file not found")
@@ -732,7 +945,7 @@ def import_pdae_autoencoder(
         neither embeds `denoise_fn_config` nor points to a reachable `trained_ddpm_config`.
     :param config: overrides {"encoder": {...}, "estimator": {...}} of the inferred constructor kwargs.
     """
-    src, cfg_path, ckpt_path = _pdae_folder(src_dir)
+    src, cfg_path, ckpt_path = _pdae_folder(src_dir, "pdae-autoencoder")
     ae_config = _read_yaml(cfg_path)
     denoise_fn_config, dpm_path = _find_dpm_config(src, ae_config, dpm_config)
     if not ckpt_path.is_file():
@@ -747,6 +960,31 @@ def import_pdae_autoencoder(
     return _save(out_dir, converted, _metadata("pdae-autoencoder", files, step=step), force)
 
 
+def import_pdae_latent(
+    src_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    latents: str | Path | None = None,
+    force: bool = False,
+) -> Path:
+    """Official PDAE `trained-models/latent_denoise_fn/<name>/` (config.yml + checkpoint.pt) and its latent
+    statistics `trained-models/latents/<name>.pt` -> model folder, method "latent".
+
+    :param latents: the `{"mean", "std"}` file; default: config.yml's `inferred_latents`, looked up next to
+        and above the folder.
+    """
+    src, cfg_path, ckpt_path = _pdae_folder(src_dir, "pdae-latent")
+    official = _read_yaml(cfg_path)
+    if not ckpt_path.is_file():
+        raise CheckpointError(f"{ckpt_path}: file not found")
+    stats_path = _find_latent_stats(src, official, latents)
+    ckpt = safe_torch_load(ckpt_path)
+    stats = safe_torch_load(stats_path)
+    converted = convert_pdae_latent(ckpt, official, stats, str(ckpt_path), str(cfg_path), str(stats_path))
+    step = _int_or_none(ckpt.get("step")) if isinstance(ckpt, Mapping) else None
+    return _save(out_dir, converted, _metadata("pdae-latent", [ckpt_path, cfg_path, stats_path], step=step), force)
+
+
 def _import_diffae(
     kind: str,
     convert: Callable[..., Converted],
@@ -756,6 +994,7 @@ def _import_diffae(
     config: Mapping[str, Any] | None,
     force: bool,
 ) -> Path:
+    check_source_kind(kind, last_ckpt)
     path = Path(last_ckpt)
     ckpt = safe_torch_load(path)
     converted = convert(ckpt, preset, config, str(path))
@@ -804,7 +1043,9 @@ def import_diffae_latent(
 # ---------------------------------------------------------------------------------------------------
 # Command line: `pdae import KIND SRC --out DIR`.
 
-IMPORT_KINDS = ("pdae-dpm", "diffae-ddim", "pdae-autoencoder", "diffae-autoencoder", "diffae-latent", "diffusers", "adm")
+IMPORT_KINDS = (
+    "pdae-dpm", "diffae-ddim", "pdae-autoencoder", "diffae-autoencoder", "pdae-latent", "diffae-latent", "diffusers", "adm",
+)
 # Foreign priors (issue 7): a diffusers UNet2DModel folder or an openai guided/improved-diffusion checkpoint.
 _PRIOR_KINDS = ("diffusers", "adm")
 _DIFFAE_IMPORTERS = {
@@ -820,6 +1061,7 @@ examples:
   pdae import diffae-ddim checkpoints/ffhq128_ddpm_130M/last.ckpt --out models/ffhq128_ddim
   pdae import diffae-autoencoder checkpoints/ffhq128_autoenc_130M/last.ckpt --out models/ffhq128_diffae
   pdae import diffae-latent checkpoints/horse128_autoenc_latent/last.ckpt --preset horse128 --out models/h
+  pdae import pdae-latent trained-models/latent_denoise_fn/ffhq128 --latents trained-models/latents/ffhq.pt --out models/l
   pdae import diffae-ddim small/last.ckpt --preset auto --out models/small   # read hyper_parameters
   pdae import diffusers ddpm-cifar10-32 --out models/cifar10_dpm             # a google/ddpm-* folder
   pdae import adm 256x256_diffusion_uncond.pt --flags "$MODEL_FLAGS $DIFFUSION_FLAGS" --out models/adm256
@@ -857,6 +1099,9 @@ def _run_import(args: argparse.Namespace) -> int:
 
 def _run_import_locked(args: argparse.Namespace) -> int:
     kind = args.kind
+    check_source_kind(kind, args.src)
+    if args.latents is not None and kind != "pdae-latent":
+        raise CheckpointError(f"--latents applies to pdae-latent only, not {kind}")
     if kind in _PRIOR_KINDS:
         from pdae.nets.adapters import import_prior
 
@@ -877,6 +1122,10 @@ def _run_import_locked(args: argparse.Namespace) -> int:
             if args.config_json is not None or args.dpm_config is not None:
                 raise CheckpointError("pdae-dpm takes no --config-json/--dpm-config: its config.yml is complete")
             out = import_pdae_dpm(args.src, args.out, force=args.force)
+        elif kind == "pdae-latent":
+            if args.config_json is not None or args.dpm_config is not None:
+                raise CheckpointError("pdae-latent takes no --config-json/--dpm-config: its config.yml is complete")
+            out = import_pdae_latent(args.src, args.out, latents=args.latents, force=args.force)
         else:
             out = import_pdae_autoencoder(
                 args.src, args.out, dpm_config=args.dpm_config, config=_parse_config_json(args.config_json), force=args.force
@@ -899,7 +1148,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("kind", choices=IMPORT_KINDS, help="layout of SRC (docs/protocol.md §3)")
-    parser.add_argument("src", help="official folder (pdae-*) or Lightning last.ckpt (diffae-*)")
+    parser.add_argument("src", help="official folder (pdae-*, diffusers) or file (diffae-*: Lightning last.ckpt; adm: .pt)")
     parser.add_argument("--out", required=True, help="model folder to write (must not exist unless --force)")
     parser.add_argument(
         "--preset",
@@ -913,6 +1162,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
         help='constructor-argument overrides per component, JSON or a JSON file, e.g. \'{"unet": {"base_channels": 32}}\'',
     )
     parser.add_argument("--dpm-config", default=None, help="pdae-autoencoder: the pre-trained DPM's config.yml or folder")
+    parser.add_argument("--latents", default=None,
+                        help="pdae-latent: the latent statistics file {mean, std} (official "
+                        "trained-models/latents/<name>.pt); default: config.yml's inferred_latents, looked up next to "
+                        "and above the folder")
     parser.add_argument("--flags", default=None,
                         help='adm: the checkpoint\'s guided-diffusion script flags, e.g. "--image_size 256 --learn_sigma True ..."')
     parser.add_argument("--family", choices=("guided", "improved"), default=None,
