@@ -235,6 +235,17 @@ def _mu_sigma(stats: StatsLike) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(mu, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
 
 
+def _checked_pair(stats1: StatsLike, stats2: StatsLike) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(mu1, sigma1, mu2, sigma2) of two statistics, validated and of the same feature dimension."""
+    mu1, sigma1 = _mu_sigma(stats1)
+    mu2, sigma2 = _mu_sigma(stats2)
+    _validate_stats(mu1, sigma1, "stats1")
+    _validate_stats(mu2, sigma2, "stats2")
+    if mu1.shape != mu2.shape:
+        raise ValueError(f"feature dimensions differ: {mu1.shape[0]} and {mu2.shape[0]}")
+    return mu1, sigma1, mu2, sigma2
+
+
 def fid_from_stats(stats1: StatsLike, stats2: StatsLike) -> float:
     """Fréchet distance between Gaussians N(mu_1, sigma_1) and N(mu_2, sigma_2) (Heusel et al. 2017, eq. 6).
 
@@ -247,12 +258,7 @@ def fid_from_stats(stats1: StatsLike, stats2: StatsLike) -> float:
     Args:
         stats1, stats2: FeatureStats or (mu [D], sigma [D, D]) pairs.
     """
-    mu1, sigma1 = _mu_sigma(stats1)
-    mu2, sigma2 = _mu_sigma(stats2)
-    _validate_stats(mu1, sigma1, "stats1")
-    _validate_stats(mu2, sigma2, "stats2")
-    if mu1.shape != mu2.shape:
-        raise ValueError(f"feature dimensions differ: {mu1.shape[0]} and {mu2.shape[0]}")
+    mu1, sigma1, mu2, sigma2 = _checked_pair(stats1, stats2)
     diff = mu1 - mu2
     covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
     tr_covmean = float(np.trace(covmean).real)
@@ -278,12 +284,7 @@ def frechet_distance_pytorch_fid(stats1: StatsLike, stats2: StatsLike, eps: floa
     Raises:
         ValueError: one line, on mismatched dimensions or a large imaginary component.
     """
-    mu1, sigma1 = _mu_sigma(stats1)
-    mu2, sigma2 = _mu_sigma(stats2)
-    _validate_stats(mu1, sigma1, "stats1")
-    _validate_stats(mu2, sigma2, "stats2")
-    if mu1.shape != mu2.shape:
-        raise ValueError(f"feature dimensions differ: {mu1.shape[0]} and {mu2.shape[0]}")
+    mu1, sigma1, mu2, sigma2 = _checked_pair(stats1, stats2)
     diff = mu1 - mu2
     covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
     if not np.isfinite(covmean).all():

@@ -342,6 +342,14 @@ def infer_encoder_kwargs(sd: Mapping[str, Tensor], where: str) -> dict[str, Any]
     }
 
 
+def _find_near(src_dir: Path, ref: str) -> Path | None:
+    """The file an official config names by a path relative to the repository it ran in (`trained_ddpm_config`,
+    `inferred_latents`): as given when absolute, else looked up next to `src_dir` and in each folder above it."""
+    rel = Path(ref)
+    candidates = [rel] if rel.is_absolute() else [base / rel for base in (src_dir, *src_dir.resolve().parents)]
+    return next((path for path in candidates if path.is_file()), None)
+
+
 def _find_dpm_config(src_dir: Path, ae_config: Mapping[str, Any], dpm_config: str | Path | None) -> tuple[dict[str, Any], Path | None]:
     """The pre-trained DPM's `denoise_fn_config` for a PDAE autoencoder, and the file it came from.
 
@@ -358,11 +366,9 @@ def _find_dpm_config(src_dir: Path, ae_config: Mapping[str, Any], dpm_config: st
         return _mapping(ae_config, "denoise_fn_config", str(where)), None
     ref = ae_config.get("trained_ddpm_config")
     if isinstance(ref, str):
-        rel = Path(ref)
-        candidates = [rel] if rel.is_absolute() else [base / rel for base in (src_dir, *src_dir.resolve().parents)]
-        for path in candidates:
-            if path.is_file():
-                return _mapping(_read_yaml(path), "denoise_fn_config", str(path)), path
+        path = _find_near(src_dir, ref)
+        if path is not None:
+            return _mapping(_read_yaml(path), "denoise_fn_config", str(path)), path
         raise CheckpointError(
             f"{where}: trained_ddpm_config {ref!r} not found next to or above {src_dir}; pass --dpm-config PATH"
         )
@@ -425,11 +431,9 @@ def _find_latent_stats(src_dir: Path, latent_config: Mapping[str, Any], latents:
         return path
     ref = latent_config.get("inferred_latents")
     if isinstance(ref, str):
-        rel = Path(ref)
-        candidates = [rel] if rel.is_absolute() else [base / rel for base in (src_dir, *src_dir.resolve().parents)]
-        for path in candidates:
-            if path.is_file():
-                return path
+        path = _find_near(src_dir, ref)
+        if path is not None:
+            return path
         raise CheckpointError(f"{where}: inferred_latents {ref!r} not found next to or above {src_dir}; pass --latents PATH")
     raise CheckpointError(f"{where}: no inferred_latents (the latent statistics file); pass --latents PATH")
 

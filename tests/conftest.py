@@ -40,3 +40,16 @@ def local_dag_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
     (work / "elapsed_s.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
     return work
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread for a module of tiny tensors and layers: more threads only add OpenMP/sync overhead
+    (seconds per call, float64 sqrt 1000x slower, on a busy 2-core box). Use with
+    `pytestmark = pytest.mark.usefixtures("single_thread")`."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -81,13 +81,8 @@ optimizer_config:
 """
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny layers: intra-op threads only add OpenMP overhead on a loaded 2-core box."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny tensors: one intra-op thread (tests/conftest.py `single_thread`).
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def write_pdae_latent(root: Path, seed: int = 7, config_text: str = OFFICIAL_LATENT_YML,

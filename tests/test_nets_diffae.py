@@ -44,13 +44,8 @@ SMALL = dict(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny convolutions: intra-op threads only add OpenMP overhead (seconds per call on a loaded box)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny tensors: one intra-op thread (tests/conftest.py `single_thread`).
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def load_fixture(name: str) -> dict:

@@ -21,13 +21,8 @@ from pdae.nets.latent_mlp import LatentMLP, diffae_latent_state_dict
 FIXTURE = Path(__file__).parent / "fixtures" / "diffae_keys" / "latent_mlp.json"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny layers: intra-op threads only add OpenMP overhead on a loaded 2-core box."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny tensors: one intra-op thread (tests/conftest.py `single_thread`).
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def official_fill(keys: dict[str, list[int]]) -> dict[str, torch.Tensor]:
