@@ -392,3 +392,52 @@ def check_run_config(method: str, cfg: RunConfig, dpm_dir: str | Path | None = N
         except (OSError, ValueError, KeyError, TypeError):
             return  # not readable here: loading the folder reports it
         check_depth(levels, int(spec["image_size"]), f"{config_json}: components.unet.kwargs.channel_mult")
+
+
+def check_memory(method_name: str, cfg: RunConfig, info: dict[str, Any], prior: Any, encoder: Any,
+                 dev: Any) -> None:
+    """Refuse networks whose training state (fp32 weights, gradients, Adam moments, EMA: 20 bytes a parameter)
+    exceeds the free memory, counted on the meta device (nothing allocated). Best effort: a network that
+    cannot be built there is left to the real build."""
+    import torch
+
+    from pdae.run_control import TrainingError
+
+    fixed = {"in_channels": info["channels"], "image_size": info["image_size"],
+             "num_classes": info["num_classes"] or None, "prior": getattr(prior, "unet", None),
+             "latent_dim": getattr(encoder, "latent_dim", None),
+             "num_outputs": info["num_attributes"] if cfg.method.get("targets") == "attributes" else info["num_classes"]}
+    total = 0
+    for (method, name), (ref, fixed_names) in NET_CLASSES.items():
+        if method != method_name:
+            continue
+        try:
+            with torch.device("meta"):
+                module = _load(ref)(**dict(cfg.nets.get(name) or {}), **{k: fixed[k] for k in fixed_names})
+        except Exception:  # noqa: BLE001 - the real build reports it
+            return
+        total += sum(p.numel() for p in module.parameters() if p.is_meta)
+    need = 20 * total
+    if dev.type == "cuda":
+        free = torch.cuda.mem_get_info(dev)[0]
+    else:
+        free = _available_host_memory()
+    if free is not None and need > free:
+        raise TrainingError(f"config.nets: the networks have {total:,} parameters; their training state needs "
+                            f"{need / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB free on {dev.type}")
+
+
+def _available_host_memory() -> int | None:
+    import os
+
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None

@@ -1,6 +1,8 @@
 """One training loop for every method: the DPM, PDAE, Diff-AE, the latent DPM and the classifiers.
 
-The loop only sees the method interface (`loss`, `trainable_parameters`, `components`). Budget in images
+The loop only sees the method interface (`loss`, `trainable_parameters`, `components`); what it reads and in
+which order is `pdae.batches`, the optimiser, EMA and precision `pdae.optim`, signals, the process group and
+the loss meter `pdae.run_control`. Budget in images
 seen (the paper's unit), Adam/AdamW, EMA of the trainable parameters (with a warm-up), optional horizontal
 flip, bf16 autocast where the hardware has it (`amp_enabled`), channels_last on CUDA, DistributedDataParallel
 under `torchrun`, generators seeded per rank from the run seed, a JSONL log and progress
@@ -24,297 +26,33 @@ import math
 import os
 import shutil
 import signal
-import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from pdae import fsutil
+from pdae.batches import (  # noqa: F401 - also importable from here (tests, benchmarks)
+    IndexBatches, TensorPairs, batch_loader, data_info, dataset_targets, encode_dataset, epoch_permutation,
+    global_indices,
+)
 from pdae.checkpoint import save_model_folder
-from pdae.config import RunConfig, TrainConfig
+from pdae.config import RunConfig, check_memory
 from pdae.data import random_hflip
 from pdae.device import resolve_device  # noqa: F401 - one resolver for every command (pdae.bench too)
 from pdae.methods import Method, build_method, export_method, load_method
+from pdae.optim import (  # noqa: F401 - also importable from here (pdae.bench, tests, benchmarks)
+    EMA, Stepper, _make_optimizer, adam_optimizer, amp_enabled, channels_last_enabled, ema_decay_at, train_step,
+)
 from pdae.provenance import code_version, sha256_bytes, utc_now
+from pdae.run_control import (  # noqa: F401 - also importable from here (pdae.cli, tests)
+    DistInfo, LossMeter, StopSignals, TrainingError, TrainingInterrupted, _barrier, _gather_objects, init_distributed,
+)
 
 STATE_FILE = "state.pt"
 LOG_FILE = "train_log.jsonl"
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. a non-finite loss); the message is one line."""
-
-
-class TrainingInterrupted(TrainingError):
-    """SIGINT or SIGTERM stopped the run at a step boundary, after saving the resume state."""
-
-    def __init__(self, message: str, signum: int) -> None:
-        super().__init__(message)
-        self.signum = signum
-
-
-class StopSignals:
-    """SIGINT and SIGTERM ask the loop to stop at the next step boundary (`pending`) instead of killing it
-    mid-write; a second signal stops at once (KeyboardInterrupt; every write is atomic, so nothing is left
-    half-written). Installed only in the main thread; the previous handlers come back on exit."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-        self._old = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None:
-            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}")
-        self.signum = signum
-
-    def pending(self, dist_info: DistInfo, step: int, every: int) -> int:
-        """The signal to stop for (0: none). Under DDP the ranks agree (all-reduce MAX) every `every` steps,
-        so that all of them stop at the same step and save one resume state together."""
-        if dist_info.world == 1:
-            return self.signum or 0
-        if step % max(every, 1):
-            return 0
-        import torch.distributed as dist
-
-        flag = torch.tensor(self.signum or 0, dtype=torch.int64)
-        if dist.get_backend() == "nccl":
-            flag = flag.cuda()
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return int(flag)
-
-
-# Distributed set-up.
-@dataclasses.dataclass
-class DistInfo:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: torch.device) -> DistInfo:
-    """Join the process group when started by torchrun (WORLD_SIZE > 1): NCCL on CUDA, gloo on CPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-# Data order: a fixed permutation per epoch, so the sample at global position k depends only on (seed, k).
-def epoch_permutation(seed: int, epoch: int, n: int) -> Tensor:
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g)
-
-
-def global_indices(seed: int, n: int, start: int, count: int) -> Tensor:
-    """Dataset indices of global samples start .. start+count-1 (epochs reshuffled from the seed)."""
-    out, pos = [], start
-    while pos < start + count:
-        epoch, offset = divmod(pos, n)
-        take = min(n - offset, start + count - pos)
-        out.append(epoch_permutation(seed, epoch, n)[offset : offset + take])
-        pos += take
-    return torch.cat(out)
-
-
-class IndexBatches(torch.utils.data.Sampler):
-    """This rank's dataset indices for `steps` global batches from global sample `start` on: batch k is
-    `global_indices(seed, n, start + k * batch, batch)`, sharded by rank. The order depends only on (seed,
-    position), so a run resumed at `start` reads exactly what the uninterrupted run read."""
-
-    def __init__(self, seed: int, n: int, start: int, batch: int, steps: int, rank: int = 0, world: int = 1) -> None:
-        self.seed, self.n, self.start, self.batch, self.steps = seed, n, start, batch, steps
-        self.rank, self.local = rank, batch // world
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __iter__(self) -> Iterator[list[int]]:
-        perms: dict[int, Tensor] = {}  # the epochs' permutations, computed once each (not per batch)
-        for k in range(self.steps):
-            pos, out = self.start + k * self.batch, []
-            while pos < self.start + (k + 1) * self.batch:
-                epoch, offset = divmod(pos, self.n)
-                if epoch not in perms:
-                    perms = {epoch: epoch_permutation(self.seed, epoch, self.n), **{e: v for e, v in perms.items() if e >= epoch - 1}}
-                take = min(self.n - offset, self.start + (k + 1) * self.batch - pos)
-                out.append(perms[epoch][offset : offset + take])
-                pos += take
-            yield torch.cat(out)[self.rank * self.local : (self.rank + 1) * self.local].tolist()
-
-
-def batch_loader(dataset: Any, batches: IndexBatches, num_workers: int, pin_memory: bool = False,
-                 prefetch_factor: int = 4) -> torch.utils.data.DataLoader:
-    """One loader for the whole run (built once, after resume): persistent worker processes that read
-    `prefetch_factor` batches ahead each, pinned host memory for non-blocking copies to a GPU, and the
-    deterministic index order of `batches`. With `num_workers=0` (the default for tiny in-memory data) it
-    reads in the training process."""
-    extra = ({"persistent_workers": True, "prefetch_factor": prefetch_factor, "worker_init_fn": _worker_ignores_sigint}
-             if num_workers > 0 else {})
-    # Its own generator: making the iterator draws a base seed, which must not come from the global RNG
-    # (dropout's, restored on resume).
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=_collate,
-                                       pin_memory=pin_memory, generator=torch.Generator().manual_seed(0), **extra)
-
-
-def _worker_ignores_sigint(worker_id: int) -> None:
-    """Ctrl-C reaches the whole process group: the workers leave it to the training process, which stops at
-    the next step boundary and shuts them down."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-class LossMeter:
-    """Training losses kept on the device: summed for the log lines and checked for finiteness, both without a
-    host sync per step (`add`); the loop syncs only where it logs or saves (`first_nonfinite`, `mean`)."""
-
-    def __init__(self, device: torch.device, total: float = 0.0, count: int = 0) -> None:
-        self.sum = torch.tensor(total, dtype=torch.float64, device=device)
-        self.count = count
-        self.first_bad = torch.zeros((), dtype=torch.int64, device=device)  # first non-finite step; 0: none
-
-    def add(self, loss: Tensor, step: int) -> None:
-        self.sum += loss
-        self.count += 1
-        bad = (self.first_bad == 0) & ~torch.isfinite(loss)
-        self.first_bad = torch.where(bad, step, self.first_bad)
-
-    def first_nonfinite(self, dist_info: DistInfo) -> int:
-        """The first step (on any rank) whose loss was not finite since the meter was made; 0 if none."""
-        bad = self.first_bad.clone()
-        if dist_info.world > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-        return int(bad)
-
-    def mean(self, dist_info: DistInfo) -> float:
-        return _mean_over_ranks(self.sum, dist_info) / max(self.count, 1)
-
-    def state(self) -> list[float | int]:
-        return [float(self.sum), self.count]
-
-    def reset(self) -> None:
-        self.sum.zero_()
-        self.count = 0
-
-
-class TensorPairs(torch.utils.data.Dataset):
-    """(z, y) pairs of precomputed latents."""
-
-    def __init__(self, z: Tensor, y: Tensor) -> None:
-        self.z, self.y = z, y
-
-    def __len__(self) -> int:
-        return len(self.z)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        return self.z[i], self.y[i]
-
-    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
-        """A whole batch by one gather (the DataLoader's batched fetch; `batch_loader` keeps it as is)."""
-        idx = torch.as_tensor(indices)
-        return self.z[idx], self.y[idx]
-
-
-def _collate(data: Any) -> Any:
-    """A batch a dataset's `__getitems__` already stacked passes through; a list of items is collated."""
-    return data if isinstance(data, tuple) else torch.utils.data.default_collate(data)
-
-
-@torch.no_grad()
-def encode_dataset(encoder: Method, dataset: Any, device: torch.device, batch_size: int = 256) -> Tensor:
-    """z = E(x0) for every image (EMA encoder, no augmentation; docs/protocol.md §1.8). -> [N, D] on CPU."""
-    zs = []
-    for start in range(0, len(dataset), batch_size):
-        x = torch.stack([dataset[i][0] for i in range(start, min(start + batch_size, len(dataset)))])
-        zs.append(encoder.encode(x.to(device)).float().cpu())
-    return torch.cat(zs)
-
-
-def dataset_targets(dataset: Any, targets: str) -> Tensor:
-    if targets == "attributes":
-        attrs = getattr(dataset, "attributes", None)
-        if attrs is None:
-            raise ValueError("method.targets: attributes requested but the dataset has none")
-        return torch.as_tensor(attrs).float()
-    return torch.as_tensor(dataset.labels).long()
-
-
-def data_info(dataset: Any) -> dict[str, Any]:
-    attrs = getattr(dataset, "attributes", None)
-    return {
-        "image_size": int(dataset.image_size),
-        "channels": int(dataset.channels),
-        "num_classes": int(getattr(dataset, "num_classes", 0) or 0),
-        "num_attributes": 0 if attrs is None else int(torch.as_tensor(attrs).shape[1]),
-    }
-
-
-def ema_decay_at(decay: float, n: int, warmup: bool = True) -> float:
-    """Decay of the n-th EMA update (n = 1, 2, ...): min(decay, (1 + n) / (10 + n)) with warm-up, else `decay`.
-
-    The warm-up is latent-diffusion's `LitEma` rule (also Diff-AE's guided-diffusion lineage uses a constant
-    decay; the official PDAE and Diff-AE trainers run 0.9999 from step 1, harmless at their 10^5-10^6 steps).
-    At a few hundred steps a constant decay exports mostly the random initialisation (its weight after N
-    updates is decay^N: 0.999^391 = 0.68); with the warm-up it is prod_n (1 + n)/(10 + n) < 1e-9 at N = 391.
-    """
-    if n < 1:
-        raise ValueError(f"EMA update index starts at 1, got {n}")
-    return min(decay, (1.0 + n) / (10.0 + n)) if warmup else decay
-
-
-# EMA of the trainable parameters (every step; only params with requires_grad, as the official code).
-class EMA:
-    def __init__(self, method: Method, decay: float, warmup: bool = True) -> None:
-        self.decay = decay
-        self.warmup = warmup
-        self.names = [n for n, p in method.named_parameters() if p.requires_grad]
-        params = dict(method.named_parameters())
-        self.shadow = {n: params[n].detach().clone().float() for n in self.names}
-
-    @torch.no_grad()
-    def update(self, method: Method, count: int) -> None:
-        """The count-th update (optimisation steps done, this one included; resume-safe: the loop's step)."""
-        params = dict(method.named_parameters())
-        decay = ema_decay_at(self.decay, count, self.warmup)
-        torch._foreach_lerp_(
-            [self.shadow[n] for n in self.names], [params[n].detach().float() for n in self.names], 1.0 - decay
-        )
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return dict(self.shadow)
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        missing = set(self.names) - set(state)
-        if missing:
-            raise TrainingError(f"resume state: EMA misses {sorted(missing)[0]}")
-        for n in self.names:
-            self.shadow[n].copy_(state[n])
 
 
 def _atomic_torch_save(obj: Any, path: Path, staging: fsutil.RunStaging | None = None) -> None:
@@ -334,50 +72,6 @@ def _run_fingerprint(method_name: str, cfg: RunConfig, seed: int, world: int, ex
     return sha256_bytes(blob.encode())[:16]
 
 
-def adam_optimizer(
-    params: list[nn.Parameter], lr: float, betas: tuple[float, float] = (0.9, 0.999), weight_decay: float = 0.0,
-    decoupled: bool = False,
-) -> torch.optim.Optimizer:
-    """Adam (AdamW if `decoupled`), with the fused kernel (one call for all tensors) where torch has it.
-
-    Same update as the per-tensor loop; on the embedded default's U-Net (198 tensors) the step costs
-    2.1 ms instead of 9.3 ms on one CPU thread (measured 2026-11-30), ~3 % of a training step.
-    """
-    cls = torch.optim.AdamW if decoupled else torch.optim.Adam
-    fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float16, torch.bfloat16)
-                for p in params)
-    return cls(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused or None)
-
-
-def amp_enabled(amp: str, device: torch.device, input_kind: str) -> bool:
-    """bf16 autocast of the training step: `train.amp` bf16 = on, off = off, auto = on for image networks where
-    the device computes bf16 natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX; pdae.precision),
-    off for the small MLPs on latents (latent DPM, classifiers), whose steps gain little.
-
-    The loss is reduced in fp32 and the optimiser and EMA keep fp32 weights. On this project's 2-core CPU (AMX)
-    a training step of the embedded U-Nets at batch 32 takes 0.83-0.86x the fp32 time (DPM 93 vs 110 ms, PDAE
-    112 vs 135 ms, Diff-AE 136 vs 160 ms; measured 2026-12-03)."""
-    from pdae import precision
-
-    if amp == "bf16":
-        return True
-    if amp == "off":
-        return False
-    return input_kind == "images" and precision.bf16_available(device)
-
-
-def channels_last_enabled(setting: str, device: torch.device, input_kind: str, use_amp: bool) -> bool:
-    """channels_last (NHWC) image networks: `train.channels_last` on / off, or auto = on CUDA, and on a CPU when
-    the step runs in bf16 (oneDNN's bf16 convolutions are fastest in NHWC; see benchmarks/README.md)."""
-    if input_kind != "images" or setting == "off":
-        return False
-    return setting == "on" or device.type == "cuda" or use_amp
-
-
-def _make_optimizer(params: list[nn.Parameter], tc: TrainConfig) -> torch.optim.Optimizer:
-    return adam_optimizer(params, tc.lr, tuple(tc.betas), tc.weight_decay, decoupled=tc.optimizer == "adamw")
-
-
 def _log_lines_upto(path: Path, images_seen: int, staging: fsutil.RunStaging | None = None) -> None:
     """Drop log entries written after the resume point (they will be written again), and a last line cut short
     by a kill (it is after the resume point too); the log is rewritten atomically."""
@@ -392,43 +86,6 @@ def _log_lines_upto(path: Path, images_seen: int, staging: fsutil.RunStaging | N
         if isinstance(record, dict) and isinstance(record.get("images_seen"), int) and record["images_seen"] <= images_seen:
             keep.append(ln)
     fsutil.write_bytes_atomic(path, "".join(ln + "\n" for ln in keep).encode(), staging)
-
-
-@dataclasses.dataclass
-class Stepper:
-    """What one optimisation step needs: the module to call (`method`, or its DDP / compiled wrapper), the
-    method (for the EMA), the optimiser, the EMA, the trainable parameters and the step's settings."""
-
-    model: nn.Module
-    method: Method
-    optimizer: torch.optim.Optimizer
-    ema: EMA
-    params: list[nn.Parameter]
-    use_amp: bool
-    grad_clip: float | None
-    device: torch.device
-
-
-def train_step(st: Stepper, x: Tensor, y: Tensor, generator: torch.Generator, lr: float, count: int) -> Tensor:
-    """One optimisation step of the training loop (also what `pdae bench` times): set the learning rate, draw
-    the step's t and noise from `generator` (`Method.draw`, outside any compiled region), forward the
-    per-sample loss (bf16 autocast if `use_amp`) and its mean, backward, clip, Adam, then the `count`-th EMA
-    update.
-
-    -> this rank's mean loss, a detached fp32 tensor on the device. Nothing here waits for the device: the
-    caller checks finiteness where it logs or saves (`LossMeter`), so a non-finite step is never saved."""
-    for group in st.optimizer.param_groups:
-        group["lr"] = lr
-    draws = st.method.draw(x, generator)
-    with torch.autocast(st.device.type, dtype=torch.bfloat16, enabled=st.use_amp):
-        loss = st.model(x, y, draws).mean()
-    st.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if st.grad_clip is not None:
-        nn.utils.clip_grad_norm_(st.params, st.grad_clip)
-    st.optimizer.step()
-    st.ema.update(st.method, count)
-    return loss.detach().float()
 
 
 @dataclasses.dataclass
@@ -503,51 +160,6 @@ def _check_output_paths(out_dir: Path, resume_dir: Path) -> None:
     if not fsutil.same_filesystem(out_dir.parent, resume_dir.parent):
         raise TrainingError(f"--resume-dir {resume_dir} is not on the file system of --out {out_dir}; "
                             "choose a resume folder beside the output")
-
-
-def _check_memory(method_name: str, cfg: RunConfig, info: dict[str, Any], prior: Method | None,
-                  encoder: Method | None, dev: torch.device) -> None:
-    """Refuse networks whose training state (fp32 weights, gradients, Adam moments, EMA: 20 bytes a parameter)
-    exceeds the free memory, counted on the meta device (nothing allocated). Best effort: a network that
-    cannot be built there is left to the real build."""
-    from pdae.config import NET_CLASSES, _load
-
-    fixed = {"in_channels": info["channels"], "image_size": info["image_size"],
-             "num_classes": info["num_classes"] or None, "prior": getattr(prior, "unet", None),
-             "latent_dim": getattr(encoder, "latent_dim", None),
-             "num_outputs": info["num_attributes"] if cfg.method.get("targets") == "attributes" else info["num_classes"]}
-    total = 0
-    for (method, name), (ref, fixed_names) in NET_CLASSES.items():
-        if method != method_name:
-            continue
-        try:
-            with torch.device("meta"):
-                module = _load(ref)(**dict(cfg.nets.get(name) or {}), **{k: fixed[k] for k in fixed_names})
-        except Exception:  # noqa: BLE001 - the real build reports it
-            return
-        total += sum(p.numel() for p in module.parameters() if p.is_meta)
-    need = 20 * total
-    if dev.type == "cuda":
-        free = torch.cuda.mem_get_info(dev)[0]
-    else:
-        free = _available_host_memory()
-    if free is not None and need > free:
-        raise TrainingError(f"config.nets: the networks have {total:,} parameters; their training state needs "
-                            f"{need / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB free on {dev.type}")
-
-
-def _available_host_memory() -> int | None:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def _train_run(
@@ -646,7 +258,7 @@ class _Run:
                                 f"({len(dataset)} images)")
         prior = load_method(dpm_dir, dev) if dpm_dir else None
         encoder = load_method(encoder_dir, dev) if encoder_dir else None
-        _check_memory(method_name, cfg, info, prior, encoder, dev)
+        check_memory(method_name, cfg, info, prior, encoder, dev)
         torch.manual_seed(seed)  # identical initial weights on every rank
         method = build_method(method_name, cfg.nets, cfg.method, cfg.diffusion, info, prior=prior, encoder=encoder)
         hflip = bool(getattr(dataset, "hflip", False)) and method.input_kind == "images"
@@ -886,33 +498,6 @@ def _metadata(method_name: str, cfg: RunConfig, seed: int, images_seen: int, ste
         "dpm": str(dpm_dir) if dpm_dir else None, "encoder": str(encoder_dir) if encoder_dir else None,
         "data": cfg.data, "precision": precision,
     }
-
-
-def _mean_over_ranks(value: Tensor, dist_info: DistInfo) -> float:
-    if dist_info.world > 1:
-        import torch.distributed as dist
-
-        value = value.clone()
-        dist.all_reduce(value)
-        value /= dist_info.world
-    return float(value)
-
-
-def _gather_objects(obj: Any, dist_info: DistInfo) -> list[Any]:
-    if dist_info.world == 1:
-        return [obj]
-    import torch.distributed as dist
-
-    out: list[Any] = [None] * dist_info.world
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def _barrier(dist_info: DistInfo) -> None:
-    if dist_info.world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 def _progress_bar(total: int, initial: int, desc: str, enabled: bool, batch_size: int) -> Any:
