@@ -1,6 +1,7 @@
 """Data-loader overhead of training: how long a step waits for its batch, after warm-up.
 
     python benchmarks/loader_overhead.py --workers 8 --batch 128 --chunk 16 --batches 3
+    python benchmarks/loader_overhead.py --workers 8 --batch 128 --loader-only --batches 20
 
 Builds a Diff-AE-format FFHQ LMDB (256 px PNGs, the layout of the paper configs' `ffhq256.lmdb`; content:
 random crops of the two photographs scikit-learn ships, so PNG sizes and decode times are those of
@@ -96,6 +97,23 @@ def measure(dataset: torch.utils.data.Dataset, workers: int, batch: int, chunk: 
             "overhead_share": wait / (wait + step), "precision": "bf16" if use_amp else "fp32", "channels_last": nhwc}
 
 
+def measure_loader_only(dataset: torch.utils.data.Dataset, workers: int, batch: int, batches: int,
+                        warmup: int) -> dict:
+    """The loader alone, batches taken back to back: its sustained rate is the fastest step it can feed (on a
+    GPU node the step is far shorter than here, so this, not the CPU step, says whether the loader keeps up)."""
+    loader = iter(batch_loader(dataset, IndexBatches(0, len(dataset), 0, batch, warmup + batches), workers))
+    rows = []
+    for k in range(warmup + batches):
+        t0 = time.perf_counter()
+        next(loader)
+        rows.append({"batch": k, "warmup": k < warmup, "wait_s": time.perf_counter() - t0})
+        print(f"batch {k}{' (warm-up)' if k < warmup else ''}: {rows[-1]['wait_s']:.3f} s", flush=True)
+    timed = [r["wait_s"] for r in rows if not r["warmup"]]
+    per_batch = sum(timed) / len(timed)
+    return {"per_batch": rows, "loader_s_per_batch": per_batch, "loader_images_per_s": batch / per_batch,
+            "step_s_for_5_percent": per_batch * 19}  # wait / (wait + step) <= 5 % if the loader idled
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=8)
@@ -106,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=1024, help="images in the generated LMDB")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--loader-only", action="store_true",
+                    help="no training step: the loader's sustained rate (batches back to back)")
     args = ap.parse_args(argv)
     if args.batch % args.chunk:
         ap.error("--batch must be a multiple of --chunk")
@@ -117,14 +137,22 @@ def main(argv: list[str] | None = None) -> int:
         write_photo_lmdb(path, args.images)
         dataset = build_dataset({"name": "lmdb", "variant": "ffhq", "path": str(path), "image_size": 128,
                                  "channels": 3, "hflip": True}, split="all")
-        result = measure(dataset, args.workers, args.batch, args.chunk, args.batches, args.warmup, device)
+        if args.loader_only:
+            result = measure_loader_only(dataset, args.workers, args.batch, args.batches, args.warmup)
+        else:
+            result = measure(dataset, args.workers, args.batch, args.chunk, args.batches, args.warmup, device)
     record = {"created": utc_now(), "code_version": code_version(), "torch": torch.__version__,
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "threads": torch.get_num_threads(), "workers": args.workers, "batch": args.batch, "chunk": args.chunk,
               "architecture": "ffhq128 " + json.dumps(PRESETS["ffhq128"]["unet"]), **result}
-    print(f"loader overhead: {100 * result['overhead_share']:.2f} % of the step "
-          f"(wait {result['wait_s_mean']:.3f} s, step {result['step_s_mean']:.1f} s, {args.workers} workers)")
-    out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"loader_overhead_{record['device'].replace(' ', '_')}.json"
+    if args.loader_only:
+        print(f"loader alone: {result['loader_s_per_batch']:.3f} s a batch of {args.batch} "
+              f"({result['loader_images_per_s']:.0f} img/s, {args.workers} workers)")
+    else:
+        print(f"loader overhead: {100 * result['overhead_share']:.2f} % of the step "
+              f"(wait {result['wait_s_mean']:.3f} s, step {result['step_s_mean']:.1f} s, {args.workers} workers)")
+    kind = "loader_only" if args.loader_only else "loader_overhead"
+    out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"{kind}_{record['device'].replace(' ', '_')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out}")
