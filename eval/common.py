@@ -118,18 +118,50 @@ def eval_images(spec: dict[str, Any], count: int, split: str = "test") -> tuple[
 
 
 def data_spec(method: Any, override: str | None = None) -> dict[str, Any]:
-    """The dataset spec to evaluate on: a YAML/JSON file given by `override`, else the model's training data."""
+    """The dataset spec to evaluate on: `override` a YAML/JSON spec file (a `data:` mapping or the mapping
+    itself), or a folder (an image folder or LMDB) replacing `path` of the model's training data (as
+    `pdae train --data`); else the model's training data."""
     if override:
         import yaml
 
         path = Path(override)
+        if path.is_dir():
+            return {**_model_spec(method, "pass --data SPEC.yaml"), "path": str(path)}
         if not path.is_file():
-            raise ValueError(f"{path}: data spec file not found")
-        spec = yaml.safe_load(path.read_text())
-        return spec.get("data", spec) if isinstance(spec, dict) else spec
+            raise ValueError(f"{path}: data spec file or dataset folder not found")
+        try:
+            spec = yaml.safe_load(path.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: not a YAML/JSON data spec ({type(exc).__name__})") from None
+        spec = spec.get("data", spec) if isinstance(spec, dict) else spec
+        if not isinstance(spec, dict):
+            raise ValueError(f"{path}: a data spec is a mapping (name, path, image_size, ...)")
+        return spec
+    return _model_spec(method, "pass --data SPEC.yaml")
+
+
+def data_slug(spec: dict[str, Any]) -> str:
+    """The short name of an evaluation dataset: variant (else name) and image size, e.g. celebahq128 for the
+    Diff-AE CelebA-HQ LMDB at 128 px (the PDAE paper's Table 1 evaluation set), digits16."""
+    return f"{spec.get('variant') or spec.get('name', '?')}{spec.get('image_size', '')}"
+
+
+def describe_data(spec: dict[str, Any]) -> str:
+    """The dataset evaluated, in words: its slug, the loader and the path where there is one."""
+    where = " ".join(str(x) for x in (spec.get("name"), spec.get("path")) if x)
+    return f"{data_slug(spec)} ({where})" if where and where != data_slug(spec) else data_slug(spec)
+
+
+def model_image_size(method: Any) -> int | None:
+    """Side of the images the model was trained on, from its metadata's data spec (None if unknown)."""
+    data = (getattr(method, "metadata", {}) or {}).get("data")
+    return int(data["image_size"]) if isinstance(data, dict) and "image_size" in data else None
+
+
+def _model_spec(method: Any, hint: str) -> dict[str, Any]:
     meta = getattr(method, "metadata", {}) or {}
     if not isinstance(meta.get("data"), dict):
-        raise ValueError(f"{getattr(method, 'folder', 'model')}: metadata has no data spec; pass --data SPEC.yaml")
+        raise ValueError(f"{getattr(method, 'folder', 'model')}: metadata has no data spec; {hint}")
     spec = dict(meta["data"])
     spec.pop("hflip", None)
     return spec

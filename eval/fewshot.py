@@ -48,6 +48,8 @@ from eval.sample import (
     latent_noise,
     real_sample_indices,
     sample_latents,
+    set_clip_latent,
+    add_clip_latent_arg,
     write_arrays,
 )
 from eval.stats import FID_BOOTSTRAP
@@ -329,6 +331,7 @@ def run_fewshot(args: argparse.Namespace) -> int:
     device = common.resolve_device(args.device)
     ae = common.load_model(args.autoencoder, "autoencoder", device)
     latent = common.load_model(args.latent, "latent", device, companion_of=ae)
+    clip_latent = set_clip_latent(latent, args.clip_latent)
     for name in ("num_labelled", "num_samples", "max_draws"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
@@ -399,7 +402,7 @@ def run_fewshot(args: argparse.Namespace) -> int:
         num_unlabelled=args.num_unlabelled if args.scenario == "pu" else "-", l2=args.l2, seed_eval=args.seed,
         class_definition=({"attribute": args.attribute} if args.attribute
                           else {"positive_classes": args.positive_classes}),
-        latent=str(args.latent), classes=meta_classes,
+        latent=str(args.latent), clip_latent=clip_latent, classes=meta_classes,
         reference=list(args.reference_stats) if args.reference_stats else "all training images of each class",
         notes="D2C protocol (Sinha et al. 2021; PDAE paper Table 3): latent logistic classifier on z normalised "
               "with the latent DPM's statistics (binary: cross-entropy on num_labelled/2 per class, L-BFGS; pu: "
@@ -410,6 +413,7 @@ def run_fewshot(args: argparse.Namespace) -> int:
               "same n as the samples; the naive images may overlap the class reference. fid rows: values = "
               "bootstrap replicates (units 'bootstrap': samples resampled with replacement, reference fixed)",
     )
+    rows = [{**r, "clip_latent": clip_latent} for r in rows]  # the protocol (eval.tables names it)
     common.write_records(args.out, rows, **meta)
     if args.arrays:
         write_arrays(args.arrays, {"grid": torch.stack(grid), "row_labels": [c[0] for c in classes],
@@ -449,6 +453,7 @@ def register_cli(subparsers: Any) -> None:
     p.add_argument("--arrays", default=None, help="NPZ grid of samples per class (+ JSON sidecar)")
     p.add_argument("--grid-samples", type=int, default=8, help="samples per class in the grid")
     p.add_argument("--data", default=None, help="dataset spec YAML (default: the autoencoder's training data)")
+    add_clip_latent_arg(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the labelled subset, the draws and the x_T noise")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--batch-size", type=int, default=64)

@@ -309,7 +309,11 @@ def run(args: argparse.Namespace) -> int:
     if args.num_images < 1:
         raise ValueError(f"--num-images must be >= 1, got {args.num_images}")
     spec = common.data_spec(method, args.data)
-    x0, _, ds = common.eval_images(spec, args.num_images)
+    x0, _, ds = common.eval_images(spec, args.num_images, args.split)
+    size = common.model_image_size(method)
+    if size is not None and tuple(x0.shape[2:]) != (size, size):
+        raise ValueError(f"--data: images of {common.describe_data(spec)} are {tuple(x0.shape[2:])} px, the model "
+                         f"takes {size} x {size} (set image_size in the data spec)")
     backend = common.backend_from_args(args, device)
     # DDPM decoding is Fig. 6's autoencoder experiment; for the plain DPM it would be unconditional sampling.
     settings = recon_settings(args.steps, args.x_T, args.encode_steps, args.ddpm and method.has_encoder,
@@ -318,13 +322,15 @@ def run(args: argparse.Namespace) -> int:
                            batch_size=args.batch_size)
     per_setting = {s: recon_metrics(x0, rec, backend) for s, rec in recs.items()}
     rows = recon_records(method, per_setting, tuple(x0.shape[1:]), backend.name, eval_seed=args.seed)
-    meta = dict(notes=NOTES, convention=args.convention, num_images=int(x0.shape[0]), split="test",
+    meta = dict(notes=NOTES, convention=args.convention, num_images=int(x0.shape[0]), split=args.split,
+                eval_data=common.describe_data(spec),
                 encode_steps_rule=" ".join("same as decode steps" if r is None else str(r)
                                            for r in parse_encode_steps(args.encode_steps)),
                 noise_seed=args.seed, distance_metric=backend.distance_name,
                 image_indices=[int(i) for i in ds.source_indices[: x0.shape[0]]])
     if args.unrelated_floor:
         rows += floor_rows(method, x0, backend, args.seed, meta)
+    rows = [{**r, "eval_data": common.data_slug(spec), "split": args.split} for r in rows]  # the protocol (eval.tables)
     common.write_records(args.out, rows, **meta)
     if args.arrays:
         k = min(args.grid_images, x0.shape[0])
@@ -366,7 +372,10 @@ def register_cli(subparsers: Any) -> None:
     p.add_argument("--convention", choices=("paper", "current"), default="paper",
                    help="DDIM respacing: paper (guided-diffusion space_timesteps, as at paper time) or current "
                         "(official PDAE code since 2023-02: linspace(0, T-1, steps+1))")
-    p.add_argument("--num-images", type=int, default=64, help="first N held-out images")
+    p.add_argument("--num-images", type=int, default=64, help="first N images of --split")
+    p.add_argument("--split", choices=("test", "train", "all"), default="test",
+                   help="images evaluated: the held-out split (default), the training split, or all images (the "
+                        "paper evaluates its FFHQ models on all 30k CelebA-HQ images: --data SPEC --split all)")
     p.add_argument("--out", required=True, help="records JSON")
     p.add_argument("--arrays", default=None, help="NPZ: reconstruction grid and per-image metrics")
     p.add_argument("--grid-images", type=int, default=8, help="columns of the reconstruction grid")

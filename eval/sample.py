@@ -330,18 +330,54 @@ def sidecar_path(path: str | os.PathLike) -> Path:
 # CLI: `python -m eval ref-stats` and `python -m eval uncond`.
 
 
-def _images_subset(spec: dict[str, Any], count: int, split: str) -> Any:
+def reference_protocol(reference: Any) -> dict[str, Any]:
+    """What a FID's reference set was, from its statistics file's meta: images, split and selection."""
+    meta = getattr(reference, "meta", None) or {}
+    return {"ref_images": meta.get("num_images", "-"), "ref_split": meta.get("split", "-"),
+            "ref_selection": meta.get("selection", "first") + (f" (seed {meta['selection_seed']})"
+                                                                 if "selection_seed" in meta else "")}
+
+
+def set_clip_latent(latent: Any, mode: str) -> bool:
+    """Apply `--clip-latent`: `model` keeps the latent DPM's own `clip_latent`, `on` clamps z_T and the predicted
+    normalised z_0 to [-1, 1] as the official PDAE sampler does, `off` does not. -> the effective setting."""
+    if mode not in ("model", "on", "off"):
+        raise ValueError(f"--clip-latent: expected model, on or off, got {mode!r}")
+    if mode != "model":
+        latent.method_kwargs = {**latent.method_kwargs, "clip_latent": mode == "on"}
+    return bool(latent.method_kwargs.get("clip_latent", False))
+
+
+def add_clip_latent_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--clip-latent", choices=("model", "on", "off"), default="model",
+                   help="clamp z_T and the predicted normalised z_0 to [-1, 1]: model = as the latent DPM was "
+                        "trained/imported (default), on = the official PDAE sampler's clamp, off = never")
+
+
+def reference_indices(num_images: int, count: int, selection: str = "first", seed: int = 0) -> list[int]:
+    """Indices of the FID reference images in a split of `num_images`: the first `count` (Diff-AE's choice),
+    or `count` drawn uniformly without replacement by a numpy Generator seeded with `seed`, sorted (the PDAE
+    paper, §4.5: 50k training images at random). Capped at the split's size."""
+    n = min(int(count), int(num_images))
+    if selection == "first":
+        return list(range(n))
+    if selection == "random":
+        return sorted(int(i) for i in np.random.default_rng(int(seed)).choice(int(num_images), size=n, replace=False))
+    raise ValueError(f"--selection: expected first or random, got {selection!r}")
+
+
+def _images_subset(spec: dict[str, Any], count: int, split: str, selection: str = "first", seed: int = 0) -> Any:
     from torch.utils.data import Subset
 
     from pdae.data import build_dataset
 
     ds = build_dataset(spec, split=split)
-    n = min(count, len(ds))
-    return Subset(ds, range(n)), ds
+    return Subset(ds, reference_indices(len(ds), count, selection, seed)), ds
 
 
 def run_ref_stats(args: argparse.Namespace) -> int:
-    """Reference feature statistics of the first --num-images training images (docs/protocol.md §5.7)."""
+    """Reference feature statistics of --num-images training images, the first ones or a seeded random draw
+    (--selection; docs/protocol.md §5.7)."""
     from eval.fid import compute_reference_stats
     from pdae.methods import load_method
 
@@ -349,12 +385,16 @@ def run_ref_stats(args: argparse.Namespace) -> int:
     if args.model is None and args.data is None:
         raise ValueError("ref-stats: pass --model DIR (its training data) or --data SPEC.yaml")
     spec = common.data_spec(load_method(args.model, "cpu") if args.model else None, args.data)
-    images, ds = _images_subset(spec, args.num_images, args.split)
+    if args.num_images < 2:
+        raise ValueError(f"--num-images: need at least 2 reference images, got {args.num_images}")
+    images, ds = _images_subset(spec, args.num_images, args.split, args.selection, args.selection_seed)
     backend = common.backend_from_args(args, device)
+    selection = {"selection": args.selection} | ({"selection_seed": args.selection_seed}
+                                                 if args.selection == "random" else {})
     compute_reference_stats(
         images, backend, args.out, batch_size=args.batch_size, cuda=device.type == "cuda",
-        meta={"dataset": spec.get("name"), "split": args.split, "data": spec,
-              "source_indices": [int(j) for j in ds.source_indices[: len(images)]]},
+        meta={"dataset": spec.get("name"), "split": args.split, "data": spec, **selection,
+              "source_indices": [int(ds.source_indices[j]) for j in images.indices]},
     )
     return 0
 
@@ -404,6 +444,7 @@ def run_uncond(args: argparse.Namespace) -> int:
             raise ValueError("uncond: --autoencoder needs --latent DIR (its latent DPM)")
         decoder = common.load_model(args.autoencoder, "autoencoder", device)
         latent = common.load_model(args.latent, "latent", device, companion_of=decoder)
+        set_clip_latent(latent, args.clip_latent)
     label = decoder.record_label  # "ddim" for the plain DPM
     plain = latent is None  # the plain DPM's run, which also writes the real-data rows
     backend = common.backend_from_args(args, device)
@@ -439,11 +480,14 @@ def run_uncond(args: argparse.Namespace) -> int:
             rows.append(common.record(prov, "confident", confident_fraction(classifier, samples), backend.name, **cols))
         grid.append(samples[: args.grid_samples])
         row_labels.append(f"{label} T={steps}")
+    protocol = {**reference_protocol(reference),
+                "clip_latent": bool(latent.method_kwargs.get("clip_latent", False)) if latent is not None else "-"}
+    rows = [{**r, **protocol} for r in rows]  # the protocol of every row (eval.tables names it)
     meta = dict(notes=NOTES_UNCOND, convention=args.convention, num_samples=args.num_samples,
                 precision=precision_mod.resolve(args.precision, device),
                 stop_fraction=args.stop_fraction if not plain else "-", ref_stats=str(args.ref_stats),
                 latent=str(args.latent) if latent is not None else "-",
-                clip_latent=bool(latent.method_kwargs.get("clip_latent", False)) if latent is not None else "-")
+                **protocol)
     common.write_records(args.out, rows, **meta)
     if args.arrays:
         grid_t = torch.stack(grid)  # [steps, k, C, H, W]
@@ -464,8 +508,12 @@ def _common_args(p: argparse.ArgumentParser) -> None:
 def register_cli(subparsers: Any) -> None:
     p = subparsers.add_parser("ref-stats", help="reference FID/KID feature statistics of real training images")
     p.add_argument("--model", default=None, help="any model folder trained on the dataset (for its data spec)")
-    p.add_argument("--num-images", type=int, default=1000, help="first N images of the split (default 1000)")
+    p.add_argument("--num-images", type=int, default=1000, help="N images of the split (default 1000)")
     p.add_argument("--split", choices=("train", "test", "all"), default="train")
+    p.add_argument("--selection", choices=("first", "random"), default="first",
+                   help="the first N images (Diff-AE's reference) or N drawn at random without replacement "
+                        "(the PDAE paper §4.5), seeded by --selection-seed")
+    p.add_argument("--selection-seed", type=int, default=0, help="seed of --selection random (default 0)")
     p.add_argument("--out", required=True, help="statistics file (.npz)")
     _common_args(p)
     p.set_defaults(func=run_ref_stats)
@@ -488,6 +536,7 @@ def register_cli(subparsers: Any) -> None:
     p.add_argument("--out", required=True, help="records JSON")
     p.add_argument("--arrays", default=None, help="NPZ of a few samples per step count (grid)")
     p.add_argument("--grid-samples", type=int, default=8)
+    add_clip_latent_arg(p)
     _common_args(p)
     common.add_precision_arg(p, "auto")
     p.set_defaults(func=run_uncond)

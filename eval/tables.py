@@ -33,6 +33,9 @@ UNIT_COLUMNS = ("values", "units")  # per-unit data: never group keys, never in 
 PER_SEED_COLUMNS = ("level", "tolerance", "dpm_images", "window_images")  # per-seed numbers of a definition
 AVERAGED_COLUMNS = ("images_seen", "wall_time_s")
 X_COLUMNS: dict[str, tuple[str, ...]] = {"efficiency": ("images_seen",)}  # averaged columns that are the x-axis
+# What was evaluated and how (Tables 1-3): group keys like any column (never averaged across), but a value shared
+# by every row is named once under the Markdown/LaTeX/HTML table ("protocol: ...") instead of in a column.
+PROTOCOL_COLUMNS = ("eval_data", "split", "ref_images", "ref_selection", "clip_latent")
 DERIVED_COLUMNS = ("paper", "paper_note", "data_source")
 LEADING, TRAILING = ("table", "dataset", "method"), ("metric", "backend")
 CI_LEVEL, CI_BOOT = 0.95, 1000
@@ -196,7 +199,8 @@ def _shown(agg_rows: Sequence[Mapping[str, Any]]) -> tuple[pd.DataFrame, pd.Data
     skip = {"table", "mean", "std", "n", "seeds", "ci_low", "ci_high", "code_version", "paper", "paper_note",
             *(() if agg["table"].iat[0] in X_COLUMNS else AVERAGED_COLUMNS)}
     text = agg.apply(lambda col: col.map(_cell))
-    shown = text[[c for c in agg if c not in skip and not text[c].isin(["-", ""]).all()]].copy()
+    constant = {c for c in PROTOCOL_COLUMNS if c in text and text[c].nunique() == 1}
+    shown = text[[c for c in agg if c not in skip | constant and not text[c].isin(["-", ""]).all()]].copy()
     shown["mean ± std"] = [format_mean_std(m, s) for m, s in zip(agg["mean"], agg["std"])]
     shown["n"] = text["n"]
     if (agg["ci_low"] != "").any():
@@ -207,8 +211,15 @@ def _shown(agg_rows: Sequence[Mapping[str, Any]]) -> tuple[pd.DataFrame, pd.Data
     return agg, shown, notes
 
 
+def _protocol(agg: pd.DataFrame) -> str:
+    """"protocol: eval_data = ...; split = ...; " for the protocol columns one value fills (see PROTOCOL_COLUMNS)."""
+    parts = [f"{c} = {_cell(agg[c].iat[0])}" for c in PROTOCOL_COLUMNS
+             if c in agg and agg[c].map(_cell).nunique() == 1 and _cell(agg[c].iat[0]) not in ("-", "")]
+    return f"protocol: {'; '.join(parts)}; " if parts else ""
+
+
 def _provenance(agg: pd.DataFrame) -> str:
-    return (f"backend(s): {', '.join(sorted(set(map(str, agg.get('backend', ['-'])))))}; code version(s): "
+    return _protocol(agg) + (f"backend(s): {', '.join(sorted(set(map(str, agg.get('backend', ['-'])))))}; code version(s): "
             f"{', '.join(sorted({v for cv in agg['code_version'] for v in str(cv).split(';')}))}; std over seeds "
             "(ddof=1); 95% CI: bootstrap over seeds and images or samples")
 
