@@ -512,7 +512,7 @@ def register_cli(subparsers: Any) -> None:
     p.add_argument("--split", choices=("train", "test", "all"), default="train")
     p.add_argument("--selection", choices=("first", "random"), default="first",
                    help="the first N images (Diff-AE's reference) or N drawn at random without replacement "
-                        "(the PDAE paper §4.5), seeded by --selection-seed")
+                        "(the PDAE paper, Table 2), seeded by --selection-seed")
     p.add_argument("--selection-seed", type=int, default=0, help="seed of --selection random (default 0)")
     p.add_argument("--out", required=True, help="statistics file (.npz)")
     _common_args(p)

@@ -1,4 +1,4 @@
-"""The paper's protocol options of the eval commands (PDAE paper §4.5, Tables 1-3): a seeded random FID
+"""The paper's protocol options of the eval commands (PDAE paper, Tables 1-3): a seeded random FID
 reference set, Table 1 on another dataset's images (all of them), the official latent clamp, and records that
 name what was evaluated. Defaults keep the previous behaviour (checked against the default run)."""
 
