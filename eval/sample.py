@@ -357,7 +357,7 @@ def add_clip_latent_arg(p: argparse.ArgumentParser) -> None:
 def reference_indices(num_images: int, count: int, selection: str = "first", seed: int = 0) -> list[int]:
     """Indices of the FID reference images in a split of `num_images`: the first `count` (Diff-AE's choice),
     or `count` drawn uniformly without replacement by a numpy Generator seeded with `seed`, sorted (the PDAE
-    paper, §4.5: 50k training images at random). Capped at the split's size."""
+    paper, Table 2: 50k training images "randomly selected"). Capped at the split's size."""
     n = min(int(count), int(num_images))
     if selection == "first":
         return list(range(n))
