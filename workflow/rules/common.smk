@@ -29,6 +29,88 @@ def _fail(message):
     raise WorkflowError(message)
 
 
+def _check_data_spec(key, path):
+    """A data spec file (YAML: a `data:` mapping or the mapping) or a dataset folder, and the dataset it names."""
+    import yaml
+
+    if not Path(path).exists():
+        _fail(f"config: {key}: {path} not found")
+    if Path(path).is_dir():
+        return
+    try:
+        spec = yaml.safe_load(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        _fail(f"config: {key}: {path} is not a YAML data spec ({type(exc).__name__})")
+    spec = spec.get("data", spec) if isinstance(spec, dict) else spec
+    if not isinstance(spec, dict) or "name" not in spec:
+        _fail(f"config: {key}: {path} holds no data spec (a mapping with name, path, image_size)")
+    if spec.get("path") and not Path(spec["path"]).exists():
+        _fail(f"config: {key}: dataset {spec['path']} (named in {path}) not found")
+
+
+# Evaluate, don't train (dataset_settings.<d>.published): models imported from published checkpoints into the
+# folders their training rules would write (rule import_published). A dataset with published models trains
+# nothing: each evaluation runs iff every model it needs is published (the DPM may also be prior.path), and
+# those that need models only training makes (ablation: lambda_t = 1 PDAE; truncation: class-conditional PDAE;
+# manipulation: the classifiers on z; efficiency: training snapshots) are left out.
+PUBLISHED_PARTS = {"dpm": "dpm/model", "pdae": "pdae/seed0/model", "diffae": "diffae/seed0/model",
+                   "pdae_latent": "pdae/seed0/latent", "diffae_latent": "diffae/seed0/latent"}
+PUBLISHED_EVAL_NEEDS = {
+    "recon": ("dpm", "pdae", "diffae"), "gap": ("dpm", "pdae", "diffae"),
+    "uncond": ("dpm", "pdae", "diffae", "pdae_latent", "diffae_latent"),
+    "fewshot": ("pdae", "diffae", "pdae_latent", "diffae_latent"), "interpolation": ("pdae", "diffae"),
+    "probe": ("pdae", "diffae"), "manipulation": None, "truncation": None, "efficiency": None, "ablation": None,
+}
+
+
+def published(dataset):
+    return config["dataset_settings"][dataset].get("published") or {}
+
+
+PUBLISHED = {}  # results/<target> -> its published entry
+for _name in DATASETS:
+    _pub = published(_name)
+    if not _pub:
+        continue
+    if [int(s) for s in config["seeds"]] != [0]:
+        _fail(f"config: dataset_settings.{_name}.published: published models are one seed; set seeds: [0]")
+    if config["metric_backend"] != "standard":
+        _fail(f"config: dataset_settings.{_name}.published: evaluate published models with metric_backend: standard "
+              "(the domain backend trains a feature network)")
+    if not config["dataset_settings"][_name].get("data_spec"):
+        _fail(f"config: dataset_settings.{_name}.data_spec: imported models do not record their data; name a data spec")
+    if "dpm" in _pub and config["dataset_settings"][_name]["prior"].get("path"):
+        _fail(f"config: dataset_settings.{_name}: give the DPM as prior.path or as published.dpm, not both")
+    for _key, _entry in _pub.items():
+        for _field in ("path", "latents"):
+            if _entry.get(_field) and not Path(_entry[_field]).exists():
+                _fail(f"config: dataset_settings.{_name}.published.{_key}.{_field}: {_entry[_field]} not found")
+        PUBLISHED[f"{_name}/{PUBLISHED_PARTS[_key]}"] = _entry
+
+
+def available(dataset, model):
+    """Whether a model of the comparison exists for a published dataset (always, for one trained here)."""
+    pub = published(dataset)
+    if not pub:
+        return True
+    if model == "dpm":
+        return "dpm" in pub or bool(config["dataset_settings"][dataset]["prior"].get("path"))
+    return model in pub
+
+
+def published_regex():
+    """Wildcard constraint of import_published: exactly the published folders (never matches if none)."""
+    return "|".join(re.escape(t) for t in PUBLISHED) if PUBLISHED else "(?!)"
+
+
+def import_options(wildcards):
+    """`pdae import` options of a published entry: --latents, --preset, --dpm-config where given."""
+    entry = PUBLISHED[wildcards.target]
+    opts = [f"--{k.replace('_', '-')} {shlex.quote(str(entry[k]))}" for k in ("latents", "preset", "dpm_config")
+            if entry.get(k)]
+    return " ".join(opts)
+
+
 for _name in DATASETS:
     if _name not in config["dataset_settings"]:
         _fail(f"config: datasets lists {_name!r} but dataset_settings.{_name} is missing")
@@ -45,6 +127,11 @@ for _name in DATASETS:
     _data = config["dataset_settings"][_name].get("data_path")
     if _data and not Path(_data).exists():
         _fail(f"config: dataset_settings.{_name}.data_path: dataset {_data} not found")
+    for _key in ("data_spec", "recon_data"):
+        _spec = config["dataset_settings"][_name].get(_key)
+        _spec = _spec.get("spec") if isinstance(_spec, dict) else _spec
+        if _spec:
+            _check_data_spec(f"dataset_settings.{_name}.{_key}", _spec)
 if str(config["device"]).startswith("cuda") and RES["train_gpus"] < 1:
     _fail(f"config: device {config['device']} needs resources.train_gpus >= 1 (the GPUs of a training job)")
 for _key, _list in (("ablation_seeds", ABLATION_SEEDS), ("figure_seeds", FIGURE_SEEDS)):
@@ -69,7 +156,12 @@ def settings(dataset):
 
 
 def enabled(dataset, evaluation):
-    return evaluation in settings(dataset).get("evaluations", ALL_EVALUATIONS)
+    if evaluation not in settings(dataset).get("evaluations", ALL_EVALUATIONS):
+        return False
+    if not published(dataset):
+        return True
+    needs = PUBLISHED_EVAL_NEEDS[evaluation]
+    return needs is not None and all(available(dataset, m) for m in needs)
 
 
 def train_config(dataset, method):
@@ -89,13 +181,74 @@ def ablation_images(wildcards):
 
 
 def data_override(wildcards):
+    """--data of the training rules: data_path replaces data.path of the train configs."""
     path = settings(wildcards.dataset).get("data_path")
     return f"--data {path}" if path else ""
 
 
+def eval_data(wildcards):
+    """--data of the evaluation rules: data_spec (a spec file: what imported models need), else data_path (the
+    dataset folder in place of the model's own data path), else nothing (the model's training data)."""
+    spec = settings(wildcards.dataset).get("data_spec")
+    return f"--data {shlex.quote(spec)}" if spec else data_override(wildcards)
+
+
+def recon_data(wildcards):
+    """--data and --split of Table 1: recon_data (e.g. all CelebA-HQ images for the FFHQ models), else eval_data."""
+    rd = settings(wildcards.dataset).get("recon_data") or {}
+    data = f"--data {shlex.quote(rd['spec'])}" if rd.get("spec") else eval_data(wildcards)
+    split = rd.get("split", "test")
+    return data + (f" --split {split}" if split != "test" else "")
+
+
+def fid_args(wildcards=None):
+    """--fid-backend / --fid-weights of the FID evaluations (config fid_backend, fid_weights)."""
+    if config.get("fid_backend", "backend") == "backend":
+        return ""
+    weights = config.get("fid_weights")
+    return f"--fid-backend {config['fid_backend']}" + (f" --fid-weights {shlex.quote(weights)}" if weights else "")
+
+
+def ref_selection_args(wildcards=None):
+    """--selection of ref-stats: the first ref_images (default) or a seeded random draw (the paper)."""
+    if EVAL.get("ref_selection", "first") == "first":
+        return ""
+    return f"--selection random --selection-seed {EVAL.get('ref_seed', 0)}"
+
+
+def ref_stats_model(wildcards):
+    """A model folder whose data spec ref-stats reads: the feature net (domain backend), else the DPM; none when
+    data_spec names the data."""
+    if config["metric_backend"] == "domain":
+        return [f"results/{wildcards.dataset}/feature_net/model"]
+    return [] if settings(wildcards.dataset).get("data_spec") else [prior_folder(wildcards.dataset)]
+
+
+def clip_args(method):
+    """--clip-latent of Table 2/3 sampling for an autoencoder's latent DPM (eval.uncond.clip_latent)."""
+    mode = (EVAL["uncond"].get("clip_latent") or {}).get(method, "model")
+    mode = {True: "on", False: "off"}.get(mode, mode)  # YAML 1.1 reads an unquoted on/off as a boolean
+    return "" if mode == "model" or method == "ddim" else f"--clip-latent {mode}"
+
+
+def fewshot_runs(dataset):
+    """(records suffix, class arguments) of each few-shot run: one per fewshot.attributes entry
+    (fewshot_<scenario>_<attribute>.json), else the one class definition (fewshot_<scenario>.json)."""
+    attrs = settings(dataset)["fewshot"].get("attributes")
+    if attrs:
+        return [(f"_{a}", f"--attribute {shlex.quote(a)}") for a in attrs]
+    return [("", fewshot_class_args(dataset))]
+
+
+def fewshot_attributes_regex():
+    names = {a for d in DATASETS for a in (settings(d)["fewshot"].get("attributes") or [])}
+    return "|".join(re.escape(a) for a in sorted(names)) if names else "(?!)"
+
+
 def prior_folder(dataset):
     """The frozen prior: a native model folder given in the config, else results/{dataset}/dpm/model, which
-    `train_dpm` trains or `import_prior` converts from a diffusers / openai ADM checkpoint."""
+    `train_dpm` trains, `import_prior` converts from a diffusers / openai ADM checkpoint or `import_published`
+    from the official PDAE / Diff-AE files."""
     prior = settings(dataset)["prior"]
     if prior["kind"] == "native" and prior.get("path"):
         return prior["path"]
@@ -107,8 +260,9 @@ def dpm_folder(wildcards):
 
 
 def datasets_with_prior(kinds):
-    """Regex of the datasets whose prior kind is in `kinds` (a wildcard constraint; never matches if none)."""
-    names = [d for d in DATASETS if settings(d)["prior"]["kind"] in kinds]
+    """Regex of the datasets whose prior kind is in `kinds` and that do not take their DPM from published
+    checkpoints (a wildcard constraint; never matches if none)."""
+    names = [d for d in DATASETS if settings(d)["prior"]["kind"] in kinds and not published(d)]
     return "|".join(names) if names else "(?!)"
 
 
@@ -166,13 +320,16 @@ def recon_encode_steps(wildcards):
 
 
 def backend_args(wildcards, input=None):
+    """Metric backend options of every evaluation, with the FID implementation (fid_backend, fid_weights)."""
     if config["metric_backend"] == "standard":
         w = config["standard_weights"]
         opts = "--backend standard"
         opts += f" --alexnet-weights {w['alexnet']}" if w.get("alexnet") else ""
         opts += f" --inception-weights {w['inception']}" if w.get("inception") else ""
-        return opts
-    return f"--backend domain --feature-net results/{wildcards.dataset}/feature_net/model"
+    else:
+        opts = f"--backend domain --feature-net results/{wildcards.dataset}/feature_net/model"
+    fid = fid_args()
+    return f"{opts} {fid}" if fid else opts
 
 
 def backend_inputs(wildcards):
@@ -182,9 +339,13 @@ def backend_inputs(wildcards):
 
 
 def model_outputs():
-    """Every trained model folder: targets too, so deleting one retrains it and reruns what depends on it."""
+    """Every trained (or imported) model folder: targets too, so deleting one retrains it and reruns what
+    depends on it. A dataset with published models: its imported folders only."""
     out = []
     for d in DATASETS:
+        if published(d):
+            out += [f"results/{t}" for t in PUBLISHED if t.startswith(f"{d}/")]
+            continue
         out += [prior_folder(d)]
         for s in SEEDS:
             out += [f"results/{d}/{ae}/seed{s}/{part}" for ae in AUTOENCODERS for part in ("model", "latent", "classifier")]
@@ -221,7 +382,8 @@ def record_files(dataset):
         files += [f"results/{dataset}/gap/seed{seed}.json"] if on("gap") else []
         files += [f"results/{dataset}/probe/seed{seed}.json"] if on("probe") else []
         for ae in AUTOENCODERS:
-            files += [f"results/{dataset}/{ae}/seed{seed}/eval/fewshot_{sc}.json" for sc in ("binary", "pu") if on("fewshot")]
+            files += [f"results/{dataset}/{ae}/seed{seed}/eval/fewshot_{sc}{suffix}.json" for sc in ("binary", "pu")
+                      for suffix, _ in fewshot_runs(dataset) if on("fewshot")]
             files += [f"results/{dataset}/{ae}/seed{seed}/eval/{e}.json" for e in ("interpolation", "manipulation") if on(e)]
     for seed in ABLATION_SEEDS:
         files += [f"results/{dataset}/ablation/seed{seed}.json"] if on("ablation") else []
@@ -254,8 +416,8 @@ def plot_inputs(dataset, kind):
         + [f"results/{dataset}/pdae_class/seed{x}/eval/truncation.json" for x in FIGURE_SEEDS],
         "efficiency": [f"results/{dataset}/efficiency.json"],
         "samples": [f"results/{dataset}/{m}/seed{s}/eval/uncond.npz" for m in ("pdae", "diffae", "ddim")],
-        "fewshot": [f"results/{dataset}/{m}/seed{x}/eval/fewshot_{sc}.json"
-                    for m in AUTOENCODERS for x in seeds for sc in ("binary", "pu")],
+        "fewshot": [f"results/{dataset}/{m}/seed{x}/eval/fewshot_{sc}{suffix}.json"
+                    for m in AUTOENCODERS for x in seeds for sc in ("binary", "pu") for suffix, _ in fewshot_runs(dataset)],
         "uncond": [f"results/{dataset}/{m}/seed{x}/eval/uncond.json" for m in ("pdae", "diffae", "ddim") for x in seeds],
     }[kind]
 

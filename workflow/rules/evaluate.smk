@@ -7,7 +7,7 @@
 rule compute_ref_stats:
     """Reference FID statistics of real training images (a file, reused by every FID)."""
     input:
-        model=backend_inputs,
+        model=ref_stats_model,
     output:
         stats="results/{dataset}/eval/ref_stats.npz",
     threads: JOB_THREADS
@@ -22,11 +22,12 @@ rule compute_ref_stats:
     params:
         device=config["device"],
         backend=backend_args,
-        model=lambda wc: f"results/{wc.dataset}/feature_net/model",
+        model=lambda wc, input: f"--model {input.model}" if input.model else "",
         n=EVAL["ref_images"],
-        data=data_override,
+        select=ref_selection_args,
+        data=eval_data,
     shell:
-        "python -m eval ref-stats --model {params.model} --num-images {params.n} --out {output.stats}"
+        "python -m eval ref-stats {params.model} --num-images {params.n} {params.select} --out {output.stats}"
         " {params.backend} {params.data} --device {params.device} > {log} 2>&1"
 
 
@@ -58,7 +59,7 @@ rule evaluate_reconstruction:
         encode=recon_encode_steps,
         x_T=recon_x_T_modes,
         n=EVAL["recon"]["num_images"],
-        data=data_override,
+        data=recon_data,
     shell:
         "python -m eval reconstruct --model {input.model} --steps {params.steps} --x-T {params.x_T} {params.ddpm}"
         " --encode-steps {params.encode}"
@@ -87,7 +88,7 @@ rule evaluate_gap:
         device=config["device"],
         stride=EVAL["gap"]["t_stride"],
         n=EVAL["gap"]["num_images"],
-        data=data_override,
+        data=eval_data,
     shell:
         "python -m eval gap --dpm {input.dpm} --pdae {input.pdae} --diffae {input.diffae} --t-stride {params.stride}"
         " --num-images {params.n} --seed {wildcards.seed} --out {output.records} {params.data} --device {params.device} > {log} 2>&1"
@@ -111,7 +112,7 @@ rule render_denoise_arrays:
         "results/benchmarks/{dataset}/render_denoise_arrays_seed{seed}.tsv",
     params:
         device=config["device"],
-        data=data_override,
+        data=eval_data,
     shell:
         "(python -m eval denoise-one-step --pdae {input.pdae} --out {output.denoise} {params.data} --device {params.device}"
         " && python -m eval shift-pictures --pdae {input.pdae} --out {output.shift} {params.data} --device {params.device}"
@@ -146,11 +147,12 @@ rule evaluate_unconditional:
         steps=" ".join(str(s) for s in EVAL["uncond"]["steps"]),
         n=EVAL["uncond"]["num_samples"],
         stop=EVAL["uncond"]["stop_fraction"],
+        clip=lambda wc: clip_args(wc.rmethod),
         backend=backend_args,
-        data=data_override,
+        data=eval_data,
     shell:
         "python -m eval uncond {params.models} --steps {params.steps} --num-samples {params.n} --stop-fraction {params.stop}"
-        " --ref-stats {input.stats} --seed {wildcards.seed} --out {output.records} --arrays {output.arrays}"
+        " {params.clip} --ref-stats {input.stats} --seed {wildcards.seed} --out {output.records} --arrays {output.arrays}"
         " {params.backend} {params.data} --device {params.device} > {log} 2>&1"
 
 
@@ -178,14 +180,35 @@ rule evaluate_fewshot:
         device=config["device"],
         classes=lambda wc: fewshot_class_args(wc.dataset),
         cfg=EVAL["fewshot"],
+        clip=lambda wc: clip_args(wc.ae),
         backend=backend_args,
-        data=data_override,
+        data=eval_data,
     shell:
         "python -m eval fewshot --autoencoder {input.model} --latent {input.latent} --scenario {wildcards.scenario}"
         " {params.classes} --num-labelled {params.cfg[num_labelled]} --num-unlabelled {params.cfg[num_unlabelled]}"
-        " --num-samples {params.cfg[num_samples]} --steps {params.cfg[steps]} --seed {wildcards.seed}"
-        " --out {output.records} --arrays {output.arrays} {params.backend} {params.data} --device {params.device}"
-        " > {log} 2>&1"
+        " --num-samples {params.cfg[num_samples]} --steps {params.cfg[steps]} {params.clip} --seed {wildcards.seed}"
+        " --out {output.records} --arrays {output.arrays} {params.backend} {params.data}"
+        " --device {params.device} > {log} 2>&1"
+
+
+use rule evaluate_fewshot as evaluate_fewshot_attribute with:
+    output:
+        records="results/{dataset}/{ae}/seed{seed}/eval/fewshot_{scenario}_{attribute}.json",
+        arrays="results/{dataset}/{ae}/seed{seed}/eval/fewshot_{scenario}_{attribute}.npz",
+    wildcard_constraints:
+        scenario="binary|pu",
+        attribute=fewshot_attributes_regex(),
+    log:
+        "logs/{dataset}/evaluate_fewshot_{ae}_{scenario}_{attribute}_seed{seed}.log",
+    benchmark:
+        "results/benchmarks/{dataset}/evaluate_fewshot_{ae}_{scenario}_{attribute}_seed{seed}.tsv"
+    params:
+        device=config["device"],
+        classes=lambda wc: f"--attribute {shlex.quote(wc.attribute)}",
+        cfg=EVAL["fewshot"],
+        clip=lambda wc: clip_args(wc.ae),
+        backend=backend_args,
+        data=eval_data,
 
 
 rule evaluate_interpolation:
@@ -209,7 +232,7 @@ rule evaluate_interpolation:
         device=config["device"],
         cfg=EVAL["interpolation"],
         backend=backend_args,
-        data=data_override,
+        data=eval_data,
     shell:
         "python -m eval interpolate --autoencoder {input.model} --num-pairs {params.cfg[num_pairs]}"
         " --steps {params.cfg[steps]} --encode-steps {params.cfg[encode_steps]} --seed {wildcards.seed}"
@@ -241,7 +264,7 @@ rule evaluate_manipulation:
         attribute=lambda wc: settings(wc.dataset)["manipulation_attribute"],
         strengths=" ".join(str(s) for s in EVAL["manipulation"]["strengths"]),
         backend=backend_args,
-        data=data_override,
+        data=eval_data,
     shell:
         "python -m eval manipulate --autoencoder {input.model} --classifier {input.classifier}"
         " --attribute {params.attribute:q} --strengths {params.strengths} --num-images {params.cfg[num_images]}"
@@ -273,7 +296,7 @@ rule evaluate_truncation:
         cfg=EVAL["truncation"],
         scales=" ".join(str(s) for s in EVAL["truncation"]["scales"]),
         backend=lambda wc: f"--backend domain --feature-net results/{wc.dataset}/feature_net/model",
-        data=data_override,
+        data=eval_data,
     shell:
         "python -m eval truncation --model {input.model} --scales {params.scales} --num-samples {params.cfg[num_samples]}"
         " --steps {params.cfg[steps]} --ref-stats {input.stats} --seed {wildcards.seed} --out {output.records}"
@@ -299,7 +322,7 @@ rule evaluate_probe:
     params:
         device=config["device"],
         cfg=EVAL["probe"],
-        data=data_override,
+        data=eval_data,
     shell:
         "python -m eval probe --encoder pdae={input.pdae} --encoder diffae={input.diffae} --random-encoder --pixels"
         " --num-train {params.cfg[num_train]} --num-test {params.cfg[num_test]} --seed {wildcards.seed}"
@@ -327,7 +350,7 @@ rule evaluate_efficiency:
         device=config["device"],
         cfg=EVAL["efficiency"],
         backend=backend_args,
-        data=data_override,
+        data=eval_data,
     shell:
         "python -m eval efficiency --pdae {input.pdae} --diffae {input.diffae} --steps {params.cfg[steps]}"
         " --num-images {params.cfg[num_images]} --out {output.records} {params.backend} {params.data} --device {params.device} > {log} 2>&1"
@@ -353,7 +376,7 @@ rule evaluate_ablation:
         device=config["device"],
         cfg=EVAL["efficiency"],
         images=ablation_images,
-        data=data_override,
+        data=eval_data,
     shell:
         "python -m eval ablation --runs {input.snr} {input.uniform} --images {params.images} --steps {params.cfg[steps]}"
         " --num-images {params.cfg[num_images]} --seed {wildcards.seed} --out {output.records} {params.data} --device {params.device} > {log} 2>&1"

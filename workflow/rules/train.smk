@@ -57,6 +57,36 @@ rule import_prior:
         "python -m pdae import {params.kind} {input.src} --out {output.model} {params.opts} > {log} 2>&1"
 
 
+rule import_published:
+    """A published checkpoint (dataset_settings.<d>.published) converted into the folder its training rule would
+    write: evaluate, don't train. Nothing in the pickles is executed (pdae.safe_pickle)."""
+    input:
+        src=lambda wc: PUBLISHED[wc.target]["path"],
+        latents=lambda wc: [PUBLISHED[wc.target]["latents"]] if PUBLISHED[wc.target].get("latents") else [],
+    output:
+        model=directory("results/{target}"),
+    wildcard_constraints:
+        target=published_regex(),
+    conda:
+        ENV
+    log:
+        "logs/import_published/{target}.log",
+    benchmark:
+        "results/benchmarks/import_published/{target}.tsv"
+    params:
+        kind=lambda wc: PUBLISHED[wc.target]["kind"],
+        opts=import_options,
+    shell:
+        "python -m pdae import {params.kind} {input.src:q} --out {output.model} {params.opts} > {log} 2>&1"
+
+
+# A published folder is imported, never trained (its wildcard constraint matches exactly the published ones).
+ruleorder: import_published > train_dpm
+ruleorder: import_published > import_prior
+ruleorder: import_published > train_autoencoder
+ruleorder: import_published > train_latent
+
+
 rule train_feature_net:
     input:
         config=lambda wc: train_config(wc.dataset, "feature_net"),

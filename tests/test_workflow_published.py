@@ -1,0 +1,197 @@
+"""Evaluate, don't train (dataset_settings.<d>.published): small checkpoints in every official layout, built
+here (PDAE DPM, PDAE autoencoder, PDAE latent DPM folder; Diff-AE autoencoder + latent `last.ckpt` with pickled
+Lightning objects), imported by the workflow and evaluated end to end with no training job; the published paper
+configs list exactly import and evaluation jobs, and name a missing download in one line."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.conftest import REPO, run_snakemake
+from tests.test_fid_pytorch_fid import random_pytorch_fid_state_dict
+from tests.test_importers import TINY_HP, write_diffae_latent, write_pdae_autoencoder
+from tests.test_importers_pdae_latent import write_pdae_latent
+
+PUBLISHED = sorted((REPO / "config" / "paper").glob("*_published.yaml"))
+TRAINING_RULES = ("train_dpm", "train_autoencoder", "train_pdae_class", "train_latent", "train_classifier",
+                  "train_feature_net", "import_prior")
+EVALUATIONS = ("compute_ref_stats", "evaluate_reconstruction", "evaluate_gap", "render_denoise_arrays",
+               "evaluate_unconditional", "evaluate_fewshot", "evaluate_fewshot_attribute", "evaluate_interpolation",
+               "evaluate_probe")
+
+
+def job_counts(text: str) -> dict[str, int]:
+    """rule -> jobs, from the job table Snakemake prints (dry run or run)."""
+    return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", text, flags=re.M) if rule != "total"}
+
+
+def write_official_tree(root: Path) -> dict[str, str]:
+    """The official downloads, small: PDAE's pre-trained-dpms/ and trained-models/, Diff-AE's checkpoints/."""
+    torch.manual_seed(0)
+    write_pdae_autoencoder(root)                               # pre-trained-dpms/tiny + trained-models/autoencoder/tiny
+    write_pdae_latent(root)                                    # trained-models/latent_denoise_fn/tiny + latents/tiny.pt
+    (root / "checkpoints" / "tiny_autoenc").mkdir(parents=True)
+    with pytest.MonkeyPatch.context() as mp:                   # Lightning's pickled AttributeDict / ModelCheckpoint
+        path, *_ = write_diffae_latent(root / "checkpoints" / "tiny_autoenc", mp)
+    assert TINY_HP["img_size"] == 16
+    return {"dpm": "pre-trained-dpms/tiny", "pdae": "trained-models/autoencoder/tiny",
+            "pdae_latent": "trained-models/latent_denoise_fn/tiny", "latents": "trained-models/latents/tiny.pt",
+            "diffae": str(path.relative_to(root))}
+
+
+def tiny_published_config(root: Path, paths: dict[str, str]) -> dict:
+    """A published config over the tiny tree: 16-px shapes data, the standard backend on local weight files."""
+    import torchvision
+
+    from eval import fid_inception
+    from eval.backends import ALEXNET_FILE
+
+    (root / "weights").mkdir()
+    torch.manual_seed(0)
+    torch.save(torchvision.models.alexnet().state_dict(), root / "weights" / ALEXNET_FILE)
+    torch.save(random_pytorch_fid_state_dict(), root / "weights" / fid_inception.WEIGHTS_FILE)
+    (root / "config").mkdir()
+    (root / "config" / "data.yaml").write_text(yaml.safe_dump({"data": {"name": "shapes", "image_size": 16,
+                                                                        "channels": 3}}))
+    return {
+        "datasets": ["shapes"], "seeds": [0], "ablation_seeds": [0], "metric_backend": "standard",
+        "standard_weights": {"alexnet": f"weights/{ALEXNET_FILE}", "inception": None},
+        "fid_backend": "pytorch-fid", "fid_weights": f"weights/{fid_inception.WEIGHTS_FILE}", "device": "cpu",
+        "resources": {"train_threads": 1, "train_gpus": 0, "train_runtime_min": 10, "train_mem_mb": 2000},
+        "dataset_settings": {"shapes": {
+            "train_configs": str(REPO / "config" / "train" / "shapes16"), "data_path": None,
+            "data_spec": "config/data.yaml", "prior": {"kind": "native", "path": None},
+            "published": {
+                "dpm": {"kind": "pdae-dpm", "path": paths["dpm"]},
+                "pdae": {"kind": "pdae-autoencoder", "path": paths["pdae"], "dpm_config": paths["dpm"]},
+                "pdae_latent": {"kind": "pdae-latent", "path": paths["pdae_latent"], "latents": paths["latents"]},
+                "diffae": {"kind": "diffae-autoencoder", "path": paths["diffae"], "preset": "auto"},
+                "diffae_latent": {"kind": "diffae-latent", "path": paths["diffae"], "preset": "auto"},
+            },
+            "fewshot": {"positive_classes": None, "class_names": None, "attribute": "is_circle"},
+            "manipulation_attribute": "is_large",
+            # fewshot's class references are every training image of a class: minutes of Inception on a CPU.
+            "evaluations": ["recon", "gap", "uncond", "interpolation", "probe", "manipulation", "efficiency"],
+        }},
+        "eval": {
+            "ref_images": 24, "ref_selection": "random", "ref_seed": 1,
+            "recon": {"steps": [3], "num_images": 4, "ddpm": False},
+            "gap": {"t_stride": 250, "num_images": 4},
+            "uncond": {"steps": [3], "num_samples": 6, "stop_fraction": 0.3,
+                       "clip_latent": {"pdae": "on", "diffae": "model"}},
+            "fewshot": {"num_labelled": 20, "num_unlabelled": 100, "num_samples": 8, "steps": 3},
+            "interpolation": {"num_pairs": 1, "steps": 3, "encode_steps": 3},
+            "manipulation": {"num_images": 2, "steps": 3, "encode_steps": 3, "strengths": [0.3]},
+            "truncation": {"num_samples": 2, "steps": 3, "scales": [1.0]},
+            "probe": {"num_train": 100, "num_test": 40},
+            "efficiency": {"steps": 3, "num_images": 4},
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def published_run(tmp_path_factory) -> tuple[Path, str]:
+    work = tmp_path_factory.mktemp("published")
+    cfg = tiny_published_config(work, write_official_tree(work))
+    (work / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    dry = run_snakemake("--snakefile", str(REPO / "Snakefile"), "--directory", str(work), "-n")
+    assert dry.returncode == 0, (dry.stdout + dry.stderr)[-4000:]
+    proc = run_snakemake("--snakefile", str(REPO / "Snakefile"), "--directory", str(work), "--cores", "2",
+                         "--show-failed-logs")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    return work, dry.stdout + dry.stderr
+
+
+def test_evaluate_only_dag_imports_evaluates_and_trains_nothing(published_run):
+    work, planned = published_run
+    jobs = job_counts(planned)
+    assert jobs.get("import_published") == 5, jobs                  # dpm, both autoencoders, both latent DPMs
+    assert not set(jobs) & set(TRAINING_RULES), jobs
+    # Only evaluations whose models are published: no ablation, truncation, manipulation (classifiers), efficiency.
+    assert set(jobs) - {"import_published", "make_tables", "make_claims", "plot_figure", "all"} <= set(EVALUATIONS)
+    for left_out in ("evaluate_ablation", "evaluate_truncation", "evaluate_manipulation", "evaluate_efficiency"):
+        assert left_out not in jobs
+    results = work / "results"
+    for part in ("dpm/model", "pdae/seed0/model", "diffae/seed0/model", "pdae/seed0/latent", "diffae/seed0/latent"):
+        assert (results / "shapes" / part / "config.json").is_file(), part
+    tables = results / "tables"
+    for name in ("recon", "uncond", "gap", "interpolation", "probe", "claims"):
+        assert (tables / f"{name}.csv").stat().st_size > 0, name
+    assert not (tables / "ablation.csv").exists() and not (tables / "efficiency.csv").exists()
+    # The protocol reached the tables: the reference draw and the latent clamp of each autoencoder.
+    uncond = (tables / "uncond_rows.csv").read_text()
+    assert "random (seed 1)" in uncond and "pytorch-fid" in uncond
+    import csv
+
+    with open(tables / "uncond_rows.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    clip = {(r["method"], r["clip_latent"]) for r in rows if r["metric"] == "fid"}
+    assert {("pdae", "True"), ("diffae", "False"), ("ddim", "-")} <= clip, clip
+    recon = (tables / "recon.md").read_text()
+    assert "protocol: eval_data = shapes16; split = test;" in recon
+    # Imported, not trained: the model folders say where they came from.
+    meta = yaml.safe_load((results / "shapes" / "pdae" / "seed0" / "model" / "metadata.json").read_text())
+    assert meta["source"]["importer"] == "pdae-autoencoder"
+
+
+def test_rerun_does_nothing(published_run):
+    work, _ = published_run
+    again = run_snakemake("--snakefile", str(REPO / "Snakefile"), "--directory", str(work), "-n")
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.parametrize("config", PUBLISHED, ids=[p.stem for p in PUBLISHED])
+def test_published_paper_config_lists_import_and_evaluation_jobs_only(config: Path, tmp_path: Path) -> None:
+    cfg = yaml.safe_load(config.read_text())
+    (slug,) = cfg["datasets"]
+    settings = cfg["dataset_settings"][slug]
+    # Nothing downloaded: one line naming the first missing file.
+    missing = run_snakemake("-n", "--configfile", str(config), cwd=REPO)
+    out = missing.stdout + missing.stderr
+    assert missing.returncode != 0
+    first = next(iter(settings["published"]))
+    line = f"config: dataset_settings.{slug}.published.{first}.path: {settings['published'][first]['path']} not found"
+    assert line in out and "Traceback" not in out, out[-2000:]
+
+    # Placeholders for every download and dataset, in a copy of the repository's configs.
+    work = tmp_path / "work"
+    (work / "config").mkdir(parents=True)
+    for entry in settings["published"].values():
+        p = work / entry["path"]
+        if entry["kind"].startswith("pdae-"):
+            p.mkdir(parents=True, exist_ok=True)
+        else:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(b"")
+    for key in ("data_spec",):
+        spec_file = REPO / settings[key]
+        (work / settings[key]).parent.mkdir(parents=True, exist_ok=True)
+        (work / settings[key]).write_text(spec_file.read_text())
+    specs = [settings["data_spec"]] + ([settings["recon_data"]["spec"]] if settings.get("recon_data") else [])
+    for spec in specs:
+        (work / spec).parent.mkdir(parents=True, exist_ok=True)
+        text = (REPO / spec).read_text()
+        (work / spec).write_text(text)
+        (work / yaml.safe_load(text)["data"]["path"]).mkdir(parents=True, exist_ok=True)
+    settings["train_configs"] = str(REPO / settings["train_configs"])
+    (work / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    proc = run_snakemake("--snakefile", str(REPO / "Snakefile"), "--directory", str(work), "-n", "-p")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    jobs = job_counts(proc.stdout)
+    assert jobs["import_published"] == len(settings["published"])
+    assert not set(jobs) & set(TRAINING_RULES), jobs
+    assert set(jobs) - {"import_published", "make_tables", "make_claims", "plot_figure", "all"} <= set(EVALUATIONS)
+    if slug == "celeba64":  # Table 3 (D2C): both attributes, both scenarios, both autoencoders
+        assert jobs["evaluate_fewshot_attribute"] == 8 and "evaluate_fewshot" not in jobs
+    # The paper's protocol in the commands: random 50k reference, pytorch-fid, PDAE's latent clamp, ddim1000 encoding.
+    commands = proc.stdout
+    assert "--selection random --selection-seed 0" in commands and "--fid-backend pytorch-fid" in commands
+    assert commands.count("--clip-latent on") == commands.count("--autoencoder results/" + slug + "/pdae/") > 0
+    assert "--encode-steps same 1000" in commands
+    if slug == "ffhq128":  # Table 1 on all CelebA-HQ images
+        assert "--data config/data/celebahq128.yaml --split all" in commands
