@@ -40,7 +40,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from eval import metrics
-from pdae.nets.classifier import feature_map_distance, unit_normalize  # noqa: F401 - re-exported
+from eval.metrics import feature_map_distance, unit_normalize  # noqa: F401 - importable here too (domain backend)
 
 # File names of the standard weights in $TORCH_HOME/hub/checkpoints (as torchvision / torch-fidelity name them).
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"

@@ -14,6 +14,7 @@ pass as [0, 1], which is the mistake the check is there to catch.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import torch
@@ -181,3 +182,41 @@ def per_image_fields(values: Tensor) -> dict[str, Any]:
     if v.numel() == 0:
         raise ValueError("cannot summarise an empty set of per-image values")
     return {"value": float(v.mean()), "values": [float(x) for x in v.tolist()], "units": IMAGE_UNITS}
+
+
+# LPIPS-style distance on a feature network's stage maps (the `domain` backend, docs/protocol.md §5.10).
+_UNIT_NORM_EPS = 1e-10  # LPIPS `normalize_tensor` epsilon
+
+
+def feature_map_distance(
+    maps_x: Sequence[Tensor], maps_y: Sequence[Tensor]
+) -> Tensor:
+    """LPIPS-style distance with uniform layer weights (Zhang et al. 2018, Eq. 1, w_l = 1/L).
+
+    d(x, y) = mean_l mean_{h,w} || f_l^x / ||f_l^x|| - f_l^y / ||f_l^y|| ||^2, norms over channels, so
+    every layer term lies in [0, 4]. Computed in float64.
+
+    :param maps_x: per-layer feature maps of x, each [N, C_l, H_l, W_l].
+    :param maps_y: the same layers for y.
+    :return: [N] float64 distances (0 for identical inputs).
+    """
+    if len(maps_x) != len(maps_y) or not maps_x:
+        raise ValueError(
+            f"feature_map_distance: need the same non-zero number of layers, "
+            f"got {len(maps_x)} and {len(maps_y)}"
+        )
+    total = torch.zeros(maps_x[0].shape[0], dtype=torch.float64, device=maps_x[0].device)
+    for layer, (fx, fy) in enumerate(zip(maps_x, maps_y, strict=True)):
+        if fx.shape != fy.shape:
+            raise ValueError(
+                f"feature_map_distance: layer {layer} shapes differ: {tuple(fx.shape)} vs {tuple(fy.shape)}"
+            )
+        nx = unit_normalize(fx.double())
+        ny = unit_normalize(fy.double())
+        total = total + (nx - ny).pow(2).sum(dim=1).mean(dim=(1, 2))
+    return total / len(maps_x)
+
+
+def unit_normalize(f: Tensor) -> Tensor:
+    """Channel-wise L2 normalisation of a feature map [N, C, H, W] (as lpips.normalize_tensor)."""
+    return f / (f.pow(2).sum(dim=1, keepdim=True).sqrt() + _UNIT_NORM_EPS)

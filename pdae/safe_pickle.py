@@ -283,22 +283,19 @@ class OpaqueObject(metaclass=OpaqueClass):
 
     `args`/`kwargs`: the constructor arguments (an enum pickled as `Enum(value)` has `value`);
     `state`: what BUILD passed to `__setstate__` (e.g. a dataclass's `__dict__`); `items`: (key, value)
-    pairs of SETITEM(S); `list_items`: what APPEND(S) added. Creating one of a refused class (a standard-library
+    pairs of SETITEM(S); `list_items`: what APPEND(S) added; `member`: the name of an enum member pickled
+    by name (`getattr(EnumClass, "NAME")`, `_enum_member_by_name`), else None. Creating one of a refused class (a standard-library
     or `_CODE_PACKAGES` global) raises `_RefusedGlobal` instead.
     """
 
-    __slots__ = ("args", "kwargs", "state", "items", "list_items")
+    __slots__ = ("args", "kwargs", "state", "items", "list_items", "member")
     dotted = "pdae.safe_pickle.OpaqueObject"
     refused: tuple[str, str] | None = None
 
     def __new__(cls, *args: Any, **kwargs: Any) -> OpaqueObject:
         if cls.refused is not None:
             raise _RefusedGlobal(*cls.refused)
-        self = object.__new__(cls)
-        self.args, self.kwargs, self.state = args, kwargs, None
-        self.items: list[tuple[Any, Any]] = []
-        self.list_items: list[Any] = []
-        return self
+        return _record(cls, args, kwargs)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         pass  # everything is recorded by __new__ (NEWOBJ calls only __new__)
@@ -318,26 +315,55 @@ class OpaqueObject(metaclass=OpaqueClass):
     @property
     def value(self) -> Any:
         """The value of an enum member (pickled as `EnumClass(value)`)."""
+        if self.member is not None:
+            raise AttributeError(f"stand-in {type(self).dotted}.{self.member} was pickled by name, without its value")
         if len(self.args) == 1 and not self.kwargs:
             return self.args[0]
         raise AttributeError(f"stand-in {type(self).dotted} object was not created from one value")
 
     def __repr__(self) -> str:
+        if self.member is not None:
+            return f"<stand-in {type(self).dotted}.{self.member}>"
         return f"<stand-in {type(self).dotted} object>"
 
 
+def _record(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any], member: str | None = None) -> OpaqueObject:
+    """A new instance of stand-in class `cls` recording `args`/`kwargs` (or an enum `member` name); runs nothing."""
+    self = object.__new__(cls)
+    self.args, self.kwargs, self.state, self.member = args, kwargs, None, member
+    self.items: list[tuple[Any, Any]] = []
+    self.list_items: list[Any] = []
+    return self
+
+
+def _enum_member_by_name(cls: Any, *args: Any, **kwargs: Any) -> OpaqueObject:
+    """`builtins.getattr` as a pickle may call it: only `getattr(<stand-in class>, "NAME")`, the way Python
+    pickles an enum member by name (`enum.pickle_by_enum_name`: `(getattr, (EnumClass, "NAME"))`), giving an
+    inert member of that stand-in (`plain` -> "NAME"). The class must be a stand-in that is not refused (never
+    imported, not of the standard library or a `_CODE_PACKAGES` package) and the name a plain str; getattr on
+    anything else (a real object, a refused stand-in, a stand-in object) is refused as pickled code."""
+    if len(args) == 2 and not kwargs and type(args[1]) is str:
+        owner = args[0]
+        if isinstance(owner, OpaqueClass) and owner is not OpaqueObject and owner.refused is None:
+            return _record(owner, (), {}, member=args[1])
+    raise _RefusedGlobal("builtins", "getattr")
+
+
+# Refused globals that a pickle may still call in one inert form (their stand-in class's __new__).
+_INERT_CALLS = {("builtins", "getattr"): _enum_member_by_name}
+
+
 def _stand_in_class(module: str, name: str) -> OpaqueClass:
-    return OpaqueClass(
-        name,
-        (OpaqueObject,),
-        {
-            "__slots__": (),
-            "__module__": module,
-            "__qualname__": name,
-            "dotted": f"{module}.{name}",
-            "refused": (module, name) if _calls_code(module) else None,
-        },
-    )
+    namespace: dict[str, Any] = {
+        "__slots__": (),
+        "__module__": module,
+        "__qualname__": name,
+        "dotted": f"{module}.{name}",
+        "refused": (module, name) if _calls_code(module) else None,
+    }
+    if (module, name) in _INERT_CALLS:
+        namespace["__new__"] = _INERT_CALLS[(module, name)]
+    return OpaqueClass(name, (OpaqueObject,), namespace)
 
 
 def is_opaque(obj: Any) -> bool:
@@ -349,6 +375,8 @@ def describe(obj: Any) -> str:
     """A few words on what `obj` is, for one-line errors (stand-ins are named as pickled)."""
     if isinstance(obj, OpaqueClass):
         return f"a reference to {obj.dotted}, never imported"
+    if isinstance(obj, OpaqueObject) and obj.member is not None:
+        return f"a pickled {type(obj).dotted}.{obj.member} member, never imported"
     if isinstance(obj, OpaqueObject):
         return f"a pickled {type(obj).dotted} object, never imported"
     return f"a {type(obj).__name__}"
@@ -433,7 +461,7 @@ _ACTIVE = object()
 def plain(obj: Any) -> Any:
     """A copy of `obj` in plain data, for reading configs: a stand-in object becomes its recorded state (a dict
     from `__dict__`/slots/SETITEMS, a list from APPENDS) or, without state, its one constructor argument (an
-    enum member -> its value; several -> a list, keywords -> a dict); a stand-in class its dotted name
+    enum member -> its value, or its name when pickled by name; several -> a list, keywords -> a dict); a stand-in class its dotted name
     (`GlobalName`); mappings and Namespaces become dicts; lists, tuples and sets keep their type. Nothing
     is called and `obj` is not changed; a reference cycle is cut (None). ValueError when nested more than
     100 levels deep."""
@@ -451,6 +479,8 @@ def plain(obj: Any) -> Any:
         return {key(k, depth): conv(v, depth) for k, v in pairs}
 
     def stand_in(x: OpaqueObject, depth: int) -> Any:
+        if x.member is not None:
+            return x.member  # an enum member pickled by name
         state = x.state
         if (isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], Mapping)
                 and (state[0] is None or isinstance(state[0], Mapping))):

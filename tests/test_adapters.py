@@ -1,4 +1,4 @@
-"""Foreign priors (pdae/nets/adapters.py, issue 7): diffusers UNet2DModel folders and openai ADM checkpoints.
+"""Foreign priors (pdae/nets/adapters.py, pdae/importers/foreign.py, issue 7): diffusers UNet2DModel folders and openai ADM checkpoints.
 
 Pinned: a saved UNet2DModel loads with bit-identical weights and the split run (encoder half, then
 middle/up path) equals the loaded model's own `unet(x, t).sample` bit for bit (published
@@ -36,9 +36,8 @@ from pdae.nets.adapters import (
     adm_schedule,
     adm_unet_kwargs,
     diffusers_schedule,
-    import_prior,
-    load_prior,
 )
+from pdae.importers.foreign import import_prior, load_prior
 from pdae.nets.unet import UNet
 from tests.test_nets_parity import fill_value
 

@@ -15,7 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_model, save_model
 
-from pdae.nets.classifier import FeatureNet, LinearHead, feature_map_distance
+from eval.metrics import feature_map_distance
+from pdae.nets.classifier import FeatureNet, LinearHead
 from pdae.nets.latent_mlp import LatentMLP, diffae_latent_state_dict
 
 FIXTURE = Path(__file__).parent / "fixtures" / "diffae_keys" / "latent_mlp.json"
@@ -185,13 +186,17 @@ def test_feature_net_shapes_and_consistency() -> None:
 
 
 def test_feature_net_distance() -> None:
+    # The distance is metric code (eval.metrics, issue 17: no metrics in nets/) on the net's stage maps.
+    def distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return feature_map_distance(net.feature_maps(a), net.feature_maps(b))
+
     torch.manual_seed(3)
     net = FeatureNet(8, 1, 10, channels=(16, 32), feature_dim=32).eval()
     x = torch.rand(3, 1, 8, 8) * 2 - 1
     y = torch.rand(3, 1, 8, 8) * 2 - 1
     with torch.no_grad():
-        assert torch.equal(net.distance(x, x), torch.zeros(3))
-        d_xy, d_yx = net.distance(x, y), net.distance(y, x)
+        assert torch.equal(distance(x, x), torch.zeros(3))
+        d_xy, d_yx = distance(x, y), distance(y, x)
     assert (d_xy > 0).all()
     torch.testing.assert_close(d_xy, d_yx)
 

@@ -69,6 +69,12 @@ class BetaScheduler(enum.Enum):
     const = "const0.008"
 
 
+class ModelName(enum.Enum):  # pickled by name: (getattr, (ModelName, "beatgans_autoenc"))
+    __reduce_ex__ = enum.pickle_by_enum_name
+    beatgans_ddpm = "beatgans_ddpm"
+    beatgans_autoenc = "beatgans_autoenc"
+
+
 @dataclasses.dataclass
 class PretrainConfig:
     name: str
@@ -251,6 +257,80 @@ def test_stand_ins_record_what_the_pickle_asked_for(tmp_path, monkeypatch):
     assert plain(hp)["train_mode"] == "diffusion" and plain(hp)["optimizer"] == "torch.optim.adam.Adam"
     with pytest.raises(TypeError, match="read-only"):
         type(mode).__setstate__ = print  # stand-in classes cannot be given behaviour
+
+
+# ---------------------------------------------------------------------------------------------------
+# Enum members pickled by name (`enum.pickle_by_enum_name`: `getattr(EnumClass, "NAME")`), issue 13.
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_enum_pickled_by_name_in_hyper_parameters_imports(tmp_path, monkeypatch, protocol):
+    path = tmp_path / "last.ckpt"
+    sd, ema = ddim_state_dict()
+    with training_code(tmp_path) as (mod, folder):
+        member = mod.ModelName.beatgans_autoenc
+        assert member.__reduce_ex__(protocol) == (getattr, (mod.ModelName, "beatgans_autoenc"))
+        hp = {**hyper_parameters(mod, "flat"), "model_name": member}
+        attribute_dict = fake_class(monkeypatch, "pytorch_lightning.utilities.parsing", "AttributeDict", dict)
+        torch.save({"state_dict": sd, "global_step": 17, "hyper_parameters": attribute_dict(hp)}, path,
+                   pickle_protocol=protocol)
+        for name in [m for m in sys.modules if m.startswith("pytorch_lightning")]:
+            monkeypatch.delitem(sys.modules, name)
+
+    loaded = safe_torch_load(path)["hyper_parameters"]["model_name"]
+    assert isinstance(loaded, OpaqueObject) and type(loaded).dotted == f"{mod.__name__}.ModelName"
+    assert loaded.member == "beatgans_autoenc" and plain(loaded) == "beatgans_autoenc"
+    assert repr(loaded) == f"<stand-in {mod.__name__}.ModelName.beatgans_autoenc>"
+    with pytest.raises(AttributeError, match="pickled by name"):
+        loaded.value
+
+    out = im.import_diffae_ddim(path, tmp_path / "out", "auto")
+    assert_same(load_model_folder(out).tensors, {f"unet.{k}": v for k, v in ema.state_dict().items()})
+    assert mod.__name__ not in sys.modules
+    assert not (folder / "IMPORTED").exists() and not (folder / "SETSTATE").exists()
+
+
+class GetattrCall:
+    """Pickles as `getattr(obj, name)` (what an enum pickled by name writes), on any object."""
+
+    def __init__(self, obj: Any, name: Any) -> None:
+        self.obj, self.name = obj, name
+
+    def __reduce__(self) -> tuple:
+        return getattr, (self.obj, self.name)
+
+
+def test_getattr_on_real_objects_is_refused(tmp_path):
+    """Only getattr(<stand-in class>, "NAME") is admitted; getattr on anything real is pickled code."""
+    with training_code(tmp_path) as (mod, _):
+        admitted = pickle.dumps(Call(getattr, mod.ModelName, "beatgans_ddpm"), protocol=2)
+        refused = [
+            GetattrCall(os.system, "__call__"),
+            GetattrCall(torch.Tensor, "__reduce_ex__"),  # an allowlisted (real) torch class
+            GetattrCall(collections.OrderedDict, "fromkeys"),  # an allowlisted real class
+            GetattrCall(torch.optim.Adam, "step"),  # a torch global (a refused stand-in)
+            GetattrCall(pdae.checkpoint.atomic_write_bytes, "__globals__"),  # a pdae global
+            GetattrCall(eval, "__self__"),  # a builtins global
+            GetattrCall(mod.ModelName, 3),  # a stand-in class, but not a str name
+            GetattrCall(mod.PretrainConfig("base", "x"), "name"),  # a stand-in object, not a class
+        ]
+        data = [pickle.dumps(obj, protocol=2) for obj in refused]
+    assert plain(restricted_loads(admitted)) == "beatgans_ddpm"
+    for payload in data:
+        with pytest.raises(safe_pickle._RefusedGlobal) as exc:
+            restricted_loads(payload)
+        assert exc.value.dotted == "builtins.getattr"
+    # getattr(os, "system"): a module cannot be pickled, only reached by calling a refused global first.
+    with pytest.raises(safe_pickle._RefusedGlobal) as exc:
+        restricted_loads(b"c__builtin__\ngetattr\n(c__builtin__\n__import__\n(S'os'\ntRS'system'\ntR.")
+    assert exc.value.dotted == "builtins.__import__"
+
+    # Through safe_torch_load: the same one-line "pickled code" refusal.
+    path = tmp_path / "payload.pt"
+    torch.save({"w": torch.ones(1), "hook": GetattrCall(os.system, "__call__")}, path)
+    with pytest.raises(CheckpointError) as err:
+        safe_torch_load(path)
+    assert "it references builtins.getattr (pickled code)" in one_line(err)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Small classifier networks: the linear attribute head on z (PDAE/Diff-AE manipulation) and a small CNN
 trained on a dataset's labels that serves as an offline feature extractor for FID and an LPIPS-style
-distance (the `domain` metric backend, docs/protocol.md §5.10).
+distance (the `domain` metric backend, docs/protocol.md §5.10; the distance itself is metric code,
+`eval.metrics.feature_map_distance` on `FeatureNet.feature_maps`).
 
 Notation: z -> normalised semantic latent [N, D]; x -> image in [-1, 1] [N, C, H, W].
 """
@@ -14,10 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FeatureNet", "LinearHead", "feature_map_distance", "unit_normalize", "FEATURENET_GN_GROUPS"]
+__all__ = ["FeatureNet", "LinearHead", "FEATURENET_GN_GROUPS"]
 
 FEATURENET_GN_GROUPS = 8  # GroupNorm groups in FeatureNet (batch-independent features, unlike BatchNorm)
-_UNIT_NORM_EPS = 1e-10  # LPIPS `normalize_tensor` epsilon
 
 
 # Attribute classifier on z (docs/protocol.md §2.5): one Linear layer, keys `weight`, `bias` as PDAE's `nn.Linear`.
@@ -52,40 +52,6 @@ class LinearHead(nn.Linear):
             raise ValueError(f"LinearHead.direction: index {index} not in [0, {self.out_features})")
         w = self.weight[index]
         return w / w.norm()
-
-
-def feature_map_distance(
-    maps_x: Sequence[torch.Tensor], maps_y: Sequence[torch.Tensor]
-) -> torch.Tensor:
-    """LPIPS-style distance with uniform layer weights (Zhang et al. 2018, Eq. 1, w_l = 1/L).
-
-    d(x, y) = mean_l mean_{h,w} || f_l^x / ||f_l^x|| - f_l^y / ||f_l^y|| ||^2, norms over channels, so
-    every layer term lies in [0, 4]. Computed in float64.
-
-    :param maps_x: per-layer feature maps of x, each [N, C_l, H_l, W_l].
-    :param maps_y: the same layers for y.
-    :return: [N] float64 distances (0 for identical inputs).
-    """
-    if len(maps_x) != len(maps_y) or not maps_x:
-        raise ValueError(
-            f"feature_map_distance: need the same non-zero number of layers, "
-            f"got {len(maps_x)} and {len(maps_y)}"
-        )
-    total = torch.zeros(maps_x[0].shape[0], dtype=torch.float64, device=maps_x[0].device)
-    for layer, (fx, fy) in enumerate(zip(maps_x, maps_y, strict=True)):
-        if fx.shape != fy.shape:
-            raise ValueError(
-                f"feature_map_distance: layer {layer} shapes differ: {tuple(fx.shape)} vs {tuple(fy.shape)}"
-            )
-        nx = unit_normalize(fx.double())
-        ny = unit_normalize(fy.double())
-        total = total + (nx - ny).pow(2).sum(dim=1).mean(dim=(1, 2))
-    return total / len(maps_x)
-
-
-def unit_normalize(f: torch.Tensor) -> torch.Tensor:
-    """Channel-wise L2 normalisation of a feature map [N, C, H, W] (as lpips.normalize_tensor)."""
-    return f / (f.pow(2).sum(dim=1, keepdim=True).sqrt() + _UNIT_NORM_EPS)
 
 
 # Small CNN classifier whose penultimate layer is the `domain` FID feature (docs/protocol.md §5.10).
@@ -178,7 +144,3 @@ class FeatureNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits. x: [N, C, H, W] in [-1, 1] -> [N, num_classes]."""
         return self.classifier(self.features(x))
-
-    def distance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """LPIPS-style distance between image batches (`feature_map_distance`). -> [N]."""
-        return feature_map_distance(self.feature_maps(x), self.feature_maps(y))
