@@ -13,9 +13,6 @@ import torch
 import yaml
 
 from tests.conftest import REPO, run_snakemake
-from tests.test_fid_pytorch_fid import random_pytorch_fid_state_dict
-from tests.test_importers import TINY_HP, write_diffae_latent, write_pdae_autoencoder
-from tests.test_importers_pdae_latent import write_pdae_latent
 
 PUBLISHED = sorted((REPO / "config" / "paper").glob("*_published.yaml"))
 TRAINING_RULES = ("train_dpm", "train_autoencoder", "train_pdae_class", "train_latent", "train_classifier",
@@ -30,33 +27,78 @@ def job_counts(text: str) -> dict[str, int]:
     return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", text, flags=re.M) if rule != "total"}
 
 
+SIZE = 32  # LPIPS-AlexNet needs images of at least 32 px
+
+
 def write_official_tree(root: Path) -> dict[str, str]:
-    """The official downloads, small: PDAE's pre-trained-dpms/ and trained-models/, Diff-AE's checkpoints/."""
+    """The official downloads, small (32 px): PDAE's pre-trained-dpms/ and trained-models/ folders, Diff-AE's
+    Lightning checkpoints/ (with pickled AttributeDict / ModelCheckpoint objects); layouts as in
+    tests/test_importers.py, at this size."""
+    from pdae.nets.cond_unet import DiffAEUNet
+    from pdae.nets.encoder import SemanticEncoder
+    from pdae.nets.gradient_estimator import GradientEstimator
+    from pdae.nets.latent_mlp import LatentMLP
+    from pdae.nets.unet import UNet
+    from tests.test_importers import (TINY_DIFFAE, TINY_HP, TINY_LATENT, TINY_OFFICIAL, diffae_official_keys,
+                                      lightning_save, randomized)
+    from tests.test_importers_pdae_latent import write_pdae_latent
+
     torch.manual_seed(0)
-    write_pdae_autoencoder(root)                               # pre-trained-dpms/tiny + trained-models/autoencoder/tiny
-    write_pdae_latent(root)                                    # trained-models/latent_denoise_fn/tiny + latents/tiny.pt
-    (root / "checkpoints" / "tiny_autoenc").mkdir(parents=True)
-    with pytest.MonkeyPatch.context() as mp:                   # Lightning's pickled AttributeDict / ModelCheckpoint
-        path, *_ = write_diffae_latent(root / "checkpoints" / "tiny_autoenc", mp)
-    assert TINY_HP["img_size"] == 16
+    # PDAE: the pre-trained DPM (ema_denoise_fn) and the autoencoder (encoder + ShiftUNet = DPM + shift parts).
+    dpm = root / "pre-trained-dpms" / "tiny"
+    dpm.mkdir(parents=True)
+    prior = randomized(UNet.from_official_config(TINY_OFFICIAL), 0)
+    torch.save({"step": 7, "ema_denoise_fn": prior.state_dict()}, dpm / "checkpoint.pt")
+    (dpm / "config.yml").write_text(yaml.safe_dump({"denoise_fn_config": TINY_OFFICIAL,
+                                                    "diffusion_config": {"timesteps": 1000, "betas_type": "linear"}}))
+    encoder = randomized(SemanticEncoder(SIZE, latent_dim=16, channels=(32, 64, 64), attention_resolutions=(SIZE // 2,),
+                                         num_heads=4), 4)
+    estimator = randomized(GradientEstimator(prior, latent_dim=16, dropout=0.0), 5)
+    shift_unet = {**prior.state_dict(), **estimator.new_state_dict()}
+    ae = root / "trained-models" / "autoencoder" / "tiny"
+    ae.mkdir(parents=True)
+    torch.save({"step": 3, "encoder": encoder.state_dict(), "ema_encoder": encoder.state_dict(),
+                "decoder": shift_unet, "ema_decoder": shift_unet}, ae / "checkpoint.pt")
+    (ae / "config.yml").write_text(yaml.safe_dump({
+        "train_dataset_config": {"name": "TINY", "image_size": SIZE, "latent_dim": 16},
+        "diffusion_config": {"timesteps": 1000, "betas_type": "linear"},
+        "trained_ddpm_config": "./pre-trained-dpms/tiny/config.yml",
+        "encoder_config": {"model": "TinyEncoder", "latent_dim": 16},
+        "decoder_config": {"model": "TinyDecoder", "latent_dim": 16}}))
+    write_pdae_latent(root)  # trained-models/latent_denoise_fn/tiny + trained-models/latents/tiny.pt (16-d z)
+    # Diff-AE: one autoencoder + latent DPM last.ckpt (model.*, ema_model.*, ema_model.latent_net.*, conds stats).
+    hp = {**TINY_HP, "img_size": SIZE, "net_attn": [SIZE // 2]}
+    model = randomized(DiffAEUNet(**{**TINY_DIFFAE, "image_size": SIZE, "attention_resolutions": [SIZE // 2],
+                                     "enc_attention_resolutions": [SIZE // 2]}), 6)
+    net = randomized(LatentMLP(**TINY_LATENT), 7)
+    sd = {f"ema_model.{k}": v for k, v in diffae_official_keys(model).items()}
+    sd.update({f"model.{k}": torch.zeros_like(v) for k, v in diffae_official_keys(model).items()})
+    sd.update({f"ema_model.latent_net.{k}": v for k, v in net.state_dict().items()})
+    sd["conds_mean"], sd["conds_std"] = torch.randn(1, 16), torch.rand(1, 16) + 0.5
+    ckpt = root / "checkpoints" / "tiny_autoenc" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    with pytest.MonkeyPatch.context() as mp:  # Lightning's classes, pickled by name, without Lightning installed
+        lightning_save(mp, ckpt, sd, hp)
     return {"dpm": "pre-trained-dpms/tiny", "pdae": "trained-models/autoencoder/tiny",
             "pdae_latent": "trained-models/latent_denoise_fn/tiny", "latents": "trained-models/latents/tiny.pt",
-            "diffae": str(path.relative_to(root))}
+            "diffae": str(ckpt.relative_to(root))}
 
 
 def tiny_published_config(root: Path, paths: dict[str, str]) -> dict:
-    """A published config over the tiny tree: 16-px shapes data, the standard backend on local weight files."""
+    """A published config over the tiny tree: shapes at 32 px (LPIPS-AlexNet needs >= 32 px; the tiny nets are
+    convolutional), the standard backend on local weight files."""
     import torchvision
 
     from eval import fid_inception
     from eval.backends import ALEXNET_FILE
+    from tests.test_fid_pytorch_fid import random_pytorch_fid_state_dict
 
     (root / "weights").mkdir()
     torch.manual_seed(0)
     torch.save(torchvision.models.alexnet().state_dict(), root / "weights" / ALEXNET_FILE)
     torch.save(random_pytorch_fid_state_dict(), root / "weights" / fid_inception.WEIGHTS_FILE)
     (root / "config").mkdir()
-    (root / "config" / "data.yaml").write_text(yaml.safe_dump({"data": {"name": "shapes", "image_size": 16,
+    (root / "config" / "data.yaml").write_text(yaml.safe_dump({"data": {"name": "shapes", "image_size": 32,
                                                                         "channels": 3}}))
     return {
         "datasets": ["shapes"], "seeds": [0], "ablation_seeds": [0], "metric_backend": "standard",
@@ -133,7 +175,7 @@ def test_evaluate_only_dag_imports_evaluates_and_trains_nothing(published_run):
     clip = {(r["method"], r["clip_latent"]) for r in rows if r["metric"] == "fid"}
     assert {("pdae", "True"), ("diffae", "False"), ("ddim", "-")} <= clip, clip
     recon = (tables / "recon.md").read_text()
-    assert "protocol: eval_data = shapes16; split = test;" in recon
+    assert "protocol: eval_data = shapes32; split = test;" in recon
     # Imported, not trained: the model folders say where they came from.
     meta = yaml.safe_load((results / "shapes" / "pdae" / "seed0" / "model" / "metadata.json").read_text())
     assert meta["source"]["importer"] == "pdae-autoencoder"
@@ -191,7 +233,10 @@ def test_published_paper_config_lists_import_and_evaluation_jobs_only(config: Pa
     # The paper's protocol in the commands: random 50k reference, pytorch-fid, PDAE's latent clamp, ddim1000 encoding.
     commands = proc.stdout
     assert "--selection random --selection-seed 0" in commands and "--fid-backend pytorch-fid" in commands
-    assert commands.count("--clip-latent on") == commands.count("--autoencoder results/" + slug + "/pdae/") > 0
+    sampling = [ln for ln in commands.splitlines() if "python -m eval uncond --autoencoder" in ln
+                or "python -m eval fewshot --autoencoder" in ln]
+    assert sampling and all(("--clip-latent on" in ln) == (f"results/{slug}/pdae/" in ln) for ln in sampling)
+    assert not any("--clip-latent" in ln for ln in commands.splitlines() if "--dpm " in ln)
     assert "--encode-steps same 1000" in commands
     if slug == "ffhq128":  # Table 1 on all CelebA-HQ images
         assert "--data config/data/celebahq128.yaml --split all" in commands

@@ -234,6 +234,8 @@ def clip_args(method):
 def fewshot_runs(dataset):
     """(records suffix, class arguments) of each few-shot run: one per fewshot.attributes entry
     (fewshot_<scenario>_<attribute>.json), else the one class definition (fewshot_<scenario>.json)."""
+    if not enabled(dataset, "fewshot"):
+        return []
     attrs = settings(dataset)["fewshot"].get("attributes")
     if attrs:
         return [(f"_{a}", f"--attribute {shlex.quote(a)}") for a in attrs]
