@@ -90,6 +90,7 @@ LOSS_LABELS = {
 BACKENDS = {
     "standard": {"features": "Inception-v3, torch-fidelity", "distance": "LPIPS-AlexNet distance"},
     "domain": {"features": "domain feature net, torch-fidelity", "distance": "domain feature distance"},
+    "pytorch-fid": {"features": "Inception-v3, pytorch-fid", "distance": "LPIPS-AlexNet distance"},
 }
 
 

@@ -178,9 +178,9 @@ def encode_all(method: Any, x0: Tensor, batch_size: int = 64) -> Tensor | None:
         return common.batched(lambda x: method.encode(x.to(device)).float().cpu(), x0, batch_size=batch_size)
 
 
-def ddpm_generators(n: int, seed: int) -> list[torch.Generator]:
-    """One CPU generator per image for DDPM decoding (stream DDPM_SEED_OFFSET)."""
-    return [torch.Generator().manual_seed((seed + DDPM_SEED_OFFSET) * 1_000_003 + i) for i in range(n)]
+def ddpm_generators(n: int, seed: int, start: int = 0) -> list[torch.Generator]:
+    """One CPU generator per image (images start .. start + n - 1) for DDPM decoding (stream DDPM_SEED_OFFSET)."""
+    return [torch.Generator().manual_seed((seed + DDPM_SEED_OFFSET) * 1_000_003 + i) for i in range(start, start + n)]
 
 
 # Per-image Table 1 metrics (paper §4.3; official PDAE metric/utils.py).
@@ -250,21 +250,23 @@ def reconstruct_all(
     seed: int,
     convention: str = "paper",
     batch_size: int = 64,
+    start: int = 0,
 ) -> dict[ReconSetting, Tensor]:
     """Reconstructions [N, C, H, W] (CPU) of x0 for every setting; z and each inferred x_T are computed once.
 
-    Image i gets x_T = image_noise(i, seed) (random) and, for DDPM, its own noise generator: both depend on
-    (seed, i) only, not on the method or the batch size, so every method evaluated with the same seed sees the
-    same x_T for image i (per-image pairing of the `values` across methods).
+    Image i (x0[i - start], the evaluation's i-th image) gets x_T = image_noise(i, seed) (random) and, for
+    DDPM, its own noise generator: both depend on (seed, i) only, not on the method, the batch size or the
+    chunk, so every method evaluated with the same seed sees the same x_T for image i (per-image pairing of
+    the `values` across methods).
     """
     n = x0.shape[0]
     z = encode_all(method, x0, batch_size)
-    x_T_random = common.image_noise(x0.shape[1:], range(n), seed)
+    x_T_random = common.image_noise(x0.shape[1:], range(start, start + n), seed)
     inferred: dict[int, Tensor] = {}
     out = {}
     for s in settings:
         if s.sampler == "ddpm":
-            rec = decode(method, z, x_T_random, s.steps, sampler="ddpm", generator=ddpm_generators(n, seed),
+            rec = decode(method, z, x_T_random, s.steps, sampler="ddpm", generator=ddpm_generators(n, seed, start),
                          batch_size=batch_size)
         else:
             if s.x_T == "inferred":
@@ -308,39 +310,58 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.model}: reconstruct needs a pdae, diffae or dpm model, got {method.name!r}")
     if args.num_images < 1:
         raise ValueError(f"--num-images must be >= 1, got {args.num_images}")
+    if args.chunk_images < 2:
+        raise ValueError(f"--chunk-images must be >= 2, got {args.chunk_images}")
     spec = common.data_spec(method, args.data)
-    x0, _, ds = common.eval_images(spec, args.num_images, args.split)
-    size = common.model_image_size(method)
-    if size is not None and tuple(x0.shape[2:]) != (size, size):
-        raise ValueError(f"--data: images of {common.describe_data(spec)} are {tuple(x0.shape[2:])} px, the model "
-                         f"takes {size} x {size} (set image_size in the data spec)")
+    from pdae.data import build_dataset
+
+    ds = build_dataset(spec, split=args.split)
+    n = min(args.num_images, len(ds))
     backend = common.backend_from_args(args, device)
     # DDPM decoding is Fig. 6's autoencoder experiment; for the plain DPM it would be unconditional sampling.
     settings = recon_settings(args.steps, args.x_T, args.encode_steps, args.ddpm and method.has_encoder,
                               method.schedule.T)
-    recs = reconstruct_all(method, x0, settings, seed=args.seed, convention=args.convention,
-                           batch_size=args.batch_size)
-    per_setting = {s: recon_metrics(x0, rec, backend) for s, rec in recs.items()}
+    # Chunks of --chunk-images: the paper's 30k CelebA-HQ images x 13 settings would not fit in memory at once;
+    # the noise of image i depends on i only, so chunks change no number beyond batched-network rounding.
+    parts: dict[ReconSetting, list[dict[str, Tensor]]] = {s: [] for s in settings}
+    for start in range(0, n, args.chunk_images):
+        x0 = torch.stack([ds[i][0] for i in range(start, min(n, start + args.chunk_images))])
+        if start == 0:
+            first_x0 = x0
+            size = common.model_image_size(method)
+            if size is not None and tuple(x0.shape[2:]) != (size, size):
+                raise ValueError(f"--data: images of {common.describe_data(spec)} are {tuple(x0.shape[2:])} px, "
+                                 f"the model takes {size} x {size} (set image_size in the data spec)")
+        recs = reconstruct_all(method, x0, settings, seed=args.seed, convention=args.convention,
+                               batch_size=args.batch_size, start=start)
+        for s, rec in recs.items():
+            parts[s].append(recon_metrics(x0, rec, backend))
+        if start == 0:
+            first_recs = {s: rec[: args.grid_images] for s, rec in recs.items()}
+        del recs
+    per_setting = {s: {m: torch.cat([p[m] for p in parts[s]]) for m in parts[s][0]} for s in settings}
+    x0 = first_x0
     rows = recon_records(method, per_setting, tuple(x0.shape[1:]), backend.name, eval_seed=args.seed)
-    meta = dict(notes=NOTES, convention=args.convention, num_images=int(x0.shape[0]), split=args.split,
+    meta = dict(notes=NOTES, convention=args.convention, num_images=n, split=args.split,
                 eval_data=common.describe_data(spec),
                 encode_steps_rule=" ".join("same as decode steps" if r is None else str(r)
                                            for r in parse_encode_steps(args.encode_steps)),
                 noise_seed=args.seed, distance_metric=backend.distance_name,
-                image_indices=[int(i) for i in ds.source_indices[: x0.shape[0]]])
-    if args.unrelated_floor:
+                image_indices=[int(i) for i in ds.source_indices[:n]])
+    if args.unrelated_floor:  # over the first chunk (all images when they fit in one)
         rows += floor_rows(method, x0, backend, args.seed, meta)
+        meta["unrelated_floor_images"] = int(x0.shape[0])
     rows = [{**r, "eval_data": common.data_slug(spec), "split": args.split} for r in rows]  # the protocol (eval.tables)
     common.write_records(args.out, rows, **meta)
     if args.arrays:
         k = min(args.grid_images, x0.shape[0])
-        grid = torch.stack([x0[:k]] + [recs[s][:k].clamp(-1.0, 1.0) for s in settings])
+        grid = torch.stack([x0[:k]] + [first_recs[s][:k].clamp(-1.0, 1.0) for s in settings])
         arrays: dict[str, Any] = {
             "grid": grid,  # [1 + settings, k, C, H, W]
             "row_labels": ["original"] + [s.label for s in settings],
             "col_labels": [f"image {int(j)}" for j in ds.source_indices[:k]],
             "setting_labels": [s.label for s in settings],
-            "source_indices": torch.as_tensor(ds.source_indices[: x0.shape[0]]),
+            "source_indices": torch.as_tensor(ds.source_indices[:n]),
         }
         for metric in ordered_metrics(per_setting[settings[0]]):
             arrays[f"per_image_{metric}"] = torch.stack([per_setting[s][metric] for s in settings])  # [S, N]
@@ -384,6 +405,9 @@ def register_cli(subparsers: Any) -> None:
                    help="also rows of method 'unrelated': image i vs image (i + N//2) mod N (default: on)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--chunk-images", type=int, default=1024,
+                   help="images reconstructed at a time (memory: settings x chunk images); the numbers do not "
+                        "depend on it beyond float rounding of batched networks")
     p.add_argument("--data", default=None, help="dataset spec YAML (default: the model's training data)")
     common.add_backend_args(p)
     p.set_defaults(func=run)

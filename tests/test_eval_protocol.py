@@ -201,3 +201,22 @@ def test_tables_name_a_shared_protocol_once_and_never_average_across_protocols()
     assert sorted(r["clip_latent"] for r in agg) == [False, True] and all(r["n"] == 1 for r in agg)
     md = tables.render_markdown("uncond", agg)
     assert "clip_latent" in md.splitlines()[2] and "protocol: ref_images = 50000; ref_selection = random (seed 0);" in md
+
+
+def test_reconstruct_in_chunks_gives_the_same_numbers(folders, tmp_path):
+    """--chunk-images bounds memory at the paper's 30k images; image i's noise depends on i only."""
+    outs = {}
+    for chunk in (1024, 2, 3):
+        out = tmp_path / f"recon_{chunk}.json"
+        assert eval_main(["reconstruct", "--model", str(folders["pdae"]), "--steps", "2", "--ddpm", "--num-images",
+                          "5", "--no-unrelated-floor", "--chunk-images", str(chunk), "--out", str(out),
+                          *backend(folders)]) == 0
+        outs[chunk] = [(r["x_T"], r["steps"], r["sampler"], r["metric"], r["values"])
+                       for r in common.read_records(out)]
+    assert len(outs[2]) > 0 and all(len(v[-1]) == 5 for v in outs[2])
+    for chunked in (outs[2], outs[3]):  # the same images, noise and reconstructions; the feature net's batched
+        assert [v[:4] for v in chunked] == [v[:4] for v in outs[1024]]  # convolutions round at ~1e-8
+        for a, b in zip(chunked, outs[1024]):
+            np.testing.assert_allclose(a[-1], b[-1], rtol=1e-6, atol=0)
+            if a[3] in ("ssim", "mse"):
+                assert a[-1] == b[-1]

@@ -210,6 +210,9 @@ def test_published_paper_config_lists_import_and_evaluation_jobs_only(config: Pa
         else:
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_bytes(b"")
+        if entry.get("latents"):
+            (work / entry["latents"]).parent.mkdir(parents=True, exist_ok=True)
+            (work / entry["latents"]).write_bytes(b"")
     for key in ("data_spec",):
         spec_file = REPO / settings[key]
         (work / settings[key]).parent.mkdir(parents=True, exist_ok=True)
