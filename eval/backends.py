@@ -18,7 +18,7 @@ The FID features can be swapped independently of the distance (``with_fid_backen
 
 - ``pytorch-fid``: pytorch-fid's FID Inception (``eval.fid_inception``; weights
   ``pt_inception-2015-12-05-6726825d.pth`` from a local file), its resize and scaling, and its Fréchet
-  distance (``eval.fid.frechet_distance_pytorch_fid``): the FID of Diff-AE's and PDAE's published numbers.
+  distance (``eval.frechet.frechet_distance_pytorch_fid``): the FID of Diff-AE's and PDAE's published numbers.
   FID / KID records then carry the backend name "pytorch-fid"; distance records keep the metric backend's name.
 
 Weight files are loaded with ``torch.load(..., weights_only=True)``: loading never executes code.
@@ -40,6 +40,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from eval import metrics
+from eval.frechet import FRECHET_PYTORCH_FID, FRECHET_TORCH_FIDELITY  # noqa: F401 - MetricBackend.frechet values
 from eval.metrics import feature_map_distance, unit_normalize  # noqa: F401 - importable here too (domain backend)
 
 # File names of the standard weights in $TORCH_HOME/hub/checkpoints (as torchvision / torch-fidelity name them).
@@ -65,8 +66,8 @@ class WeightsFileError(ValueError):
     """A weight file exists but cannot be loaded safely or does not fit the architecture."""
 
 
-# Fréchet distance formulas (MetricBackend.frechet) and FID backends (with_fid_backend, CLI --fid-backend).
-FRECHET_TORCH_FIDELITY, FRECHET_PYTORCH_FID = "torch-fidelity", "pytorch-fid"
+# FID backends (with_fid_backend, CLI --fid-backend); the Fréchet distance formulas (MetricBackend.frechet) are
+# named in eval.frechet, which computes them.
 FID_BACKEND_OWN, FID_BACKEND_PYTORCH_FID = "backend", "pytorch-fid"
 FID_BACKENDS = (FID_BACKEND_OWN, FID_BACKEND_PYTORCH_FID)
 

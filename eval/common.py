@@ -120,13 +120,15 @@ def eval_images(spec: dict[str, Any], count: int, split: str = "test") -> tuple[
 def data_spec(method: Any, override: str | None = None) -> dict[str, Any]:
     """The dataset spec to evaluate on: `override` a YAML/JSON spec file (a `data:` mapping or the mapping
     itself), or a folder (an image folder or LMDB) replacing `path` of the model's training data (as
-    `pdae train --data`); else the model's training data."""
+    `pdae train --data`); else the model's training data. A folder of another kind than the model's data (an
+    image folder for a model of digits or of an LMDB) becomes an image-folder spec with the model's image size,
+    channels and split settings; an LMDB for a model of other data needs a spec file (its variant)."""
     if override:
         import yaml
 
         path = Path(override)
         if path.is_dir():
-            return {**_model_spec(method, "pass --data SPEC.yaml"), "path": str(path)}
+            return _folder_spec(_model_spec(method, "pass --data SPEC.yaml"), path)
         if not path.is_file():
             raise ValueError(f"{path}: data spec file or dataset folder not found")
         try:
@@ -138,6 +140,20 @@ def data_spec(method: Any, override: str | None = None) -> dict[str, Any]:
             raise ValueError(f"{path}: a data spec is a mapping (name, path, image_size, ...)")
         return spec
     return _model_spec(method, "pass --data SPEC.yaml")
+
+
+def _folder_spec(model: dict[str, Any], path: Path) -> dict[str, Any]:
+    """`--data FOLDER`: the model's spec with `path` replaced when the folder is of the same kind (as before), else
+    an image-folder spec with the model's image size, channels and split settings (an LMDB is recognised by its
+    `data.mdb`; one for a model of other data needs a spec file, for its variant)."""
+    kind = "lmdb" if (path / "data.mdb").is_file() else "folder"
+    if model.get("name") == kind:
+        return {**model, "path": str(path)}
+    if kind == "lmdb":  # and the model's data is not an LMDB: the key layout is unknown
+        raise ValueError(f"--data {path}: an LMDB needs its variant (ffhq, celebahq, celeba, lsun); "
+                         "pass --data SPEC.yaml with name: lmdb, variant: ...")
+    keep = ("image_size", "channels", "seed", "test_fraction")
+    return {"name": kind, "path": str(path), **{k: model[k] for k in keep if model.get(k) is not None}}
 
 
 def data_slug(spec: dict[str, Any]) -> str:
@@ -196,7 +212,7 @@ def backend_from_args(args: argparse.Namespace, device: str | torch.device = "cp
         from eval.fid_inception import find_weights_file
 
         find_weights_file(fid_weights)  # a missing file fails before the feature net is loaded
-    from pdae.methods import load_method
+    from pdae.checkpoint import load_method
 
     return with_fid_backend(domain_backend(load_method(args.feature_net, device).net), fid_backend,
                             fid_weights).to(device)
@@ -226,7 +242,7 @@ MODEL_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
 def load_model(folder: str, flag: str, device: str | torch.device = "cpu", companion_of: Any = None) -> Any:
     """`load_method(folder)` checked against what `--flag` accepts (MODEL_KINDS); with `companion_of` (an
     autoencoder), also check that the model works on that autoencoder's latent dimension. One-line errors."""
-    from pdae.methods import load_method
+    from pdae.checkpoint import load_method
 
     method = load_method(folder, device)
     accepts, description = MODEL_KINDS[flag]

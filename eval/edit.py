@@ -308,9 +308,9 @@ def truncation_labels(num_classes: int, per_class: int) -> Tensor:
 
 def run_truncation(args: argparse.Namespace) -> int:
     from eval.fid import compute_fid, fid_records, reference_stats
-    from eval.sample import bootstrap_seed
+    from eval.sample import bootstrap_seed, reference_protocol
     from pdae.data import build_dataset
-    from pdae.methods import load_method
+    from pdae.checkpoint import load_method
 
     device = common.resolve_device(args.device)
     method = load_method(args.model, device)
@@ -356,6 +356,7 @@ def run_truncation(args: argparse.Namespace) -> int:
         command="truncation", convention=args.convention, num_samples_per_class=args.num_samples,
         num_classes=num_classes, stop_fraction=args.stop_fraction, noise_seed=args.seed,
         reference=str(args.ref_stats) if args.ref_stats else f"first {len(reference_input)} training images",
+        **(reference_protocol(reference) if args.ref_stats else {}),  # the file's data, size, split and selection
         bootstrap=args.bootstrap, precision=precision_mod.resolve(args.precision, device),
         feature_net=str(args.feature_net),
         notes="docs/protocol.md §5.8: DDIM from per-sample x_T (image_noise(seed)), same x_T at every scale, "

@@ -346,7 +346,7 @@ def evaluate_model(folder: str | Path, x0: Tensor, *, steps: int, seed: int, bat
                    reconstruct: ReconstructFn | None = None) -> tuple[Any, dict[str, list[float]]]:
     """Load one model folder and measure its random-x_T reconstruction of x0 (x_T noise from `seed`)
     -> (method, {metric: per-image values})."""
-    from pdae.methods import load_method
+    from pdae.checkpoint import load_method
 
     method = load_method(folder, device)
     if not method.has_encoder:

@@ -48,6 +48,7 @@ from eval.sample import (
     latent_noise,
     real_sample_indices,
     sample_latents,
+    reference_protocol,
     set_clip_latent,
     add_clip_latent_arg,
     write_arrays,
@@ -365,7 +366,7 @@ def run_fewshot(args: argparse.Namespace) -> int:
     # Accuracy of each classifier on the whole training split (diagnostic).
     z_all = encode_all(ae, images, args.batch_size)
     prov = common.provenance(ae, eval_seed=args.seed)
-    rows, grid, meta_classes = [], [], {}
+    rows, grid, meta_classes, ref_images = [], [], {}, {}
     # The naive baseline: num_samples real training images of any class, the same for both classes.
     naive_images = images[torch.from_numpy(real_sample_indices(len(images), args.num_samples, args.seed))]
     fid_kw = dict(kid=False, batch_size=args.batch_size, cuda=cuda, bootstrap=args.bootstrap)
@@ -391,8 +392,13 @@ def run_fewshot(args: argparse.Namespace) -> int:
         rows += fid_records(prov, res, **cols)
         rows.append(common.record(prov, "acceptance_rate", result.rate, "-", **cols))
         rows += fid_records({**prov, "method": "naive"}, naive, **cols)
+        # The FID reference of the class (eval.tables names it): its image count, and where it came from a
+        # statistics file (--reference-stats), that file's split and selection (eval.sample.reference_protocol).
+        ref = reference_protocol(reference) if args.reference_stats else {"ref_images": int(member.sum())}
+        ref_images[name] = ref["ref_images"]
         meta_classes[name] = {**info, "num_class_images": int(member.sum()), "draws": result.draws,
-                              "classifier_train_split_accuracy": accuracy}
+                              "classifier_train_split_accuracy": accuracy,
+                              **({"reference": ref} if args.reference_stats else {})}
         grid.append(samples[: args.grid_samples])
     meta = dict(
         command="fewshot", scenario=args.scenario, steps=args.steps, convention=args.convention,
@@ -413,7 +419,16 @@ def run_fewshot(args: argparse.Namespace) -> int:
               "same n as the samples; the naive images may overlap the class reference. fid rows: values = "
               "bootstrap replicates (units 'bootstrap': samples resampled with replacement, reference fixed)",
     )
-    rows = [{**r, "clip_latent": clip_latent} for r in rows]  # the protocol (eval.tables names it)
+    # The protocol of every row (eval.tables names it): the class definition (`attribute`: the attribute of
+    # --attribute, e.g. Blond_Hair, so several attributes' records of one model stay distinct rows), the data
+    # (training split of --data) and each class's reference size, the latent clamp and the DDIM step rule (latent
+    # DPM and decoder with the same steps); neither of the last two applies to the naive baseline, which samples
+    # nothing (so its rows stay equal across the autoencoders' records files, and eval.tables keeps them once).
+    attribute = args.attribute if args.attribute else "-"
+    rows = [{**r, "attribute": attribute, "eval_data": common.data_slug(spec), "split": "train",
+             "ref_images": ref_images[r["class"]],
+             **({"clip_latent": "-", "step_rule": "-"} if r["method"] == "naive"
+                else {"clip_latent": clip_latent, "step_rule": "latent T -> decode T"})} for r in rows]
     common.write_records(args.out, rows, **meta)
     if args.arrays:
         write_arrays(args.arrays, {"grid": torch.stack(grid), "row_labels": [c[0] for c in classes],

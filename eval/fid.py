@@ -1,12 +1,13 @@
 """FID (Heusel et al. 2017) and KID (Binkowski et al. 2018) through torch-fidelity, with reference statistics as files.
 
-docs/protocol.md §5.7, §5.10. The distances are torch-fidelity's; features come from the
-extractor a ``MetricBackend`` names (eval.backends). Reference statistics (mu, sigma and, for KID,
-the features) are ``.npz`` files produced once by ``compute_reference_stats`` and reused; there is
-no implicit name-keyed cache. ``fid_from_stats`` is an independent Fréchet distance (scipy sqrtm)
-used to cross-check torch-fidelity's eigenvalue formula; ``frechet_distance_pytorch_fid`` is pytorch-fid's
-formula (the FID of the "pytorch-fid" backend, eval.fid_inception); ``FrechetReference`` evaluates the same distance
-many times against one fixed reference (bootstrap replicates, ``eval.stats.fid_bootstrap``).
+docs/protocol.md §5.7, §5.10. One path: images -> features (the extractor a ``MetricBackend`` names,
+eval.backends) -> statistics (``stats_from_features``) -> the backend's Fréchet distance
+(``eval.frechet.frechet_distance``: torch-fidelity's formula, or pytorch-fid's for the "pytorch-fid" backend).
+A reference given as images goes through the same path as one given as a statistics file. Reference statistics
+(mu, sigma and, for KID, the features) are ``.npz`` files produced once by ``compute_reference_stats`` and
+reused; there is no implicit name-keyed cache. The distances themselves (``fid_from_stats``, the independent
+scipy-sqrtm cross-check; ``frechet_distance_pytorch_fid``; ``FrechetReference`` for many FIDs against one
+reference) live in ``eval.frechet`` and are importable from here too.
 
 ``compute_fid(..., bootstrap=B)`` also returns B bootstrap replicates of the FID (generated features
 resampled with replacement, reference statistics fixed); ``fid_records`` turns a result into records
@@ -23,18 +24,30 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence, Union
 
 import numpy as np
-import scipy.linalg
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from eval import common, metrics, stats
-from eval.backends import FRECHET_PYTORCH_FID, MetricBackend
+from eval.backends import MetricBackend
+from eval.frechet import (  # noqa: F401 - the distances are importable from eval.fid too
+    PYTORCH_FID_EPS,
+    PYTORCH_FID_IMAG_ATOL,
+    FeatureStats,
+    FrechetReference,
+    StatsFileError,
+    StatsLike,
+    fid_from_stats,
+    frechet_distance,
+    frechet_distance_pytorch_fid,
+    sqrt_psd,
+    stats_from_features,
+    validate_stats,
+)
 
 # Default number of KID subsets (torch-fidelity's default) and the largest subset size used.
 KID_SUBSETS = 100
@@ -45,28 +58,6 @@ KID_SEED = 2020
 STATS_FORMAT = 1
 
 ImagesLike = Union[Tensor, np.ndarray, Dataset]
-StatsLike = Union["FeatureStats", Sequence[np.ndarray]]
-
-
-class StatsFileError(ValueError):
-    """A statistics file is missing, corrupt or made by another feature extractor (one-line message)."""
-
-
-@dataclass(frozen=True)
-class FeatureStats:
-    """Feature statistics of an image set, as stored in a ``.npz`` file.
-
-    Attributes:
-        mu: feature mean, float64  # [D]
-        sigma: unbiased feature covariance, float64  # [D, D]
-        meta: provenance (backend, feature_extractor, feature_layer, num_images, ...)
-        features: the features themselves, float32, kept for KID  # [N, D] or None
-    """
-
-    mu: np.ndarray
-    sigma: np.ndarray
-    meta: dict[str, Any] = field(default_factory=dict)
-    features: np.ndarray | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,13 +148,6 @@ def extract_features(
     return features.double().numpy()
 
 
-def stats_from_features(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mu [D], sigma [D, D]) of features [N, D]: mean and unbiased covariance, float64 (as torch-fidelity)."""
-    features = np.asarray(features, dtype=np.float64)
-    if features.ndim != 2 or features.shape[0] < 2:
-        raise ValueError(f"need features [N, D] with N >= 2, got shape {features.shape}")
-    return features.mean(axis=0), np.cov(features, rowvar=False).reshape(features.shape[1], features.shape[1])
-
 
 def feature_stats(
     images: ImagesLike, backend: MetricBackend, batch_size: int = 64, cuda: bool | None = None
@@ -171,13 +155,6 @@ def feature_stats(
     """(mu [D], sigma [D, D]) of the backend's FID features of ``images`` (see ``Uint8Images``)."""
     return stats_from_features(extract_features(images, backend, batch_size, cuda))
 
-
-def _validate_stats(mu: np.ndarray, sigma: np.ndarray, where: str) -> None:
-    """One-line error unless mu is [D] and sigma [D, D], both finite."""
-    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-        raise StatsFileError(f"{where}: mu must be [D] and sigma [D, D], got {mu.shape} and {sigma.shape}")
-    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
-        raise StatsFileError(f"{where}: mu or sigma contains NaN or infinite values")
 
 
 def save_stats(
@@ -190,7 +167,7 @@ def save_stats(
     """Write statistics atomically to an ``.npz`` file: mu, sigma, meta (JSON) and optionally features (float32)."""
     path = Path(path)
     mu, sigma = np.asarray(mu, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
-    _validate_stats(mu, sigma, str(path))
+    validate_stats(mu, sigma, str(path))
     arrays: dict[str, np.ndarray] = {"mu": mu, "sigma": sigma, "meta": np.array(json.dumps(meta, sort_keys=True))}
     if features is not None:
         features = np.asarray(features, dtype=np.float32)
@@ -221,146 +198,12 @@ def load_stats(path: str | os.PathLike) -> FeatureStats:
         raise StatsFileError(f"FID statistics file {path} lacks {', '.join(missing)}")
     mu, sigma = arrays["mu"].astype(np.float64), arrays["sigma"].astype(np.float64)
     features = arrays.get("features")
-    _validate_stats(mu, sigma, str(path))
+    validate_stats(mu, sigma, str(path))
     if not isinstance(meta, dict):
         raise StatsFileError(f"FID statistics file {path}: meta is not a JSON object")
     return FeatureStats(mu=mu, sigma=sigma, meta=meta, features=features)
 
 
-def _mu_sigma(stats: StatsLike) -> tuple[np.ndarray, np.ndarray]:
-    """(mu, sigma) as float64 arrays from a FeatureStats or a (mu, sigma) pair."""
-    if isinstance(stats, FeatureStats):
-        return stats.mu, stats.sigma
-    mu, sigma = stats
-    return np.asarray(mu, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
-
-
-def _checked_pair(stats1: StatsLike, stats2: StatsLike) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(mu1, sigma1, mu2, sigma2) of two statistics, validated and of the same feature dimension."""
-    mu1, sigma1 = _mu_sigma(stats1)
-    mu2, sigma2 = _mu_sigma(stats2)
-    _validate_stats(mu1, sigma1, "stats1")
-    _validate_stats(mu2, sigma2, "stats2")
-    if mu1.shape != mu2.shape:
-        raise ValueError(f"feature dimensions differ: {mu1.shape[0]} and {mu2.shape[0]}")
-    return mu1, sigma1, mu2, sigma2
-
-
-def fid_from_stats(stats1: StatsLike, stats2: StatsLike) -> float:
-    """Fréchet distance between Gaussians N(mu_1, sigma_1) and N(mu_2, sigma_2) (Heusel et al. 2017, eq. 6).
-
-    ||mu_1 - mu_2||^2 + tr(sigma_1) + tr(sigma_2) - 2 tr((sigma_1 sigma_2)^(1/2)), with the matrix
-    square root from ``scipy.linalg.sqrtm``. Rounding can make sigma_1 sigma_2 slightly
-    non-positive, giving sqrtm a small imaginary part; only the real part of the trace is used
-    (torch-fidelity likewise keeps the real part of sqrt(eigenvalues)). Written independently of
-    torch-fidelity to cross-check it.
-
-    Args:
-        stats1, stats2: FeatureStats or (mu [D], sigma [D, D]) pairs.
-    """
-    mu1, sigma1, mu2, sigma2 = _checked_pair(stats1, stats2)
-    diff = mu1 - mu2
-    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-    tr_covmean = float(np.trace(covmean).real)
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
-
-
-# pytorch-fid's defaults: offset added to both covariances when sqrtm fails, tolerance on the imaginary diagonal.
-PYTORCH_FID_EPS = 1e-6
-PYTORCH_FID_IMAG_ATOL = 1e-3
-
-
-def frechet_distance_pytorch_fid(stats1: StatsLike, stats2: StatsLike, eps: float = PYTORCH_FID_EPS) -> float:
-    """Fréchet distance as pytorch-fid computes it (``fid_score.calculate_frechet_distance``).
-
-    The same formula as ``fid_from_stats``, with pytorch-fid's two safeguards: if ``sqrtm(sigma_1 sigma_2)`` is
-    not finite (singular product), it is recomputed as ``sqrtm((sigma_1 + eps I)(sigma_2 + eps I))``; a complex
-    result whose diagonal has an imaginary part above 1e-3 is an error, otherwise the real part is used. Whenever
-    the first sqrtm is finite and nearly real this equals ``fid_from_stats``.
-
-    Args:
-        stats1, stats2: FeatureStats or (mu [D], sigma [D, D]) pairs.
-        eps: diagonal offset of the retry (pytorch-fid: 1e-6).
-    Raises:
-        ValueError: one line, on mismatched dimensions or a large imaginary component.
-    """
-    mu1, sigma1, mu2, sigma2 = _checked_pair(stats1, stats2)
-    diff = mu1 - mu2
-    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(sigma1.shape[0]) * eps
-        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    if np.iscomplexobj(covmean):
-        if not np.allclose(np.diagonal(covmean).imag, 0, atol=PYTORCH_FID_IMAG_ATOL):
-            raise ValueError(f"FID: sqrtm(sigma_1 sigma_2) has an imaginary component of "
-                             f"{np.max(np.abs(covmean.imag)):.3g} (pytorch-fid refuses this too)")
-        covmean = covmean.real
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
-
-
-def sqrt_psd(sigma: np.ndarray) -> np.ndarray:
-    """Symmetric square root of a symmetric PSD matrix [D, D] by eigendecomposition; eigenvalues below 0
-    (rounding) are clipped to 0."""
-    w, v = np.linalg.eigh(np.asarray(sigma, dtype=np.float64))
-    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
-
-
-@dataclass(frozen=True)
-class FrechetReference:
-    """A fixed reference N(mu, sigma) against which many FIDs are computed (bootstrap replicates).
-
-    The same Fréchet distance as ``fid_from_stats`` (cross-checked in tests), organised so that one
-    evaluation is cheap: with R = sigma^(1/2) (computed once), sigma_a sigma = (sigma_a R) R and
-    R sigma_a R = R (sigma_a R) share their non-zero eigenvalues, and R sigma_a R is symmetric PSD, so
-    tr((sigma_a sigma)^(1/2)) = sum sqrt(eigvalsh(R sigma_a R)). For centred features X [n, D],
-    R sigma_a R = Y^T Y with Y = X R / sqrt(n - 1), whose non-zero eigenvalues are those of Y Y^T [n, n]:
-    O(n^2 D) per FID when n < D.
-
-    Attributes:
-        mu: reference mean [D]; sigma_sqrt: R [D, D]; trace_sigma: tr(sigma).
-    """
-
-    mu: np.ndarray
-    sigma_sqrt: np.ndarray
-    trace_sigma: float
-
-    @classmethod
-    def from_stats(cls, stats_ref: StatsLike) -> FrechetReference:
-        mu, sigma = _mu_sigma(stats_ref)
-        _validate_stats(mu, sigma, "reference")
-        return cls(mu, sqrt_psd(sigma), float(np.trace(sigma)))
-
-    def fid(self, features: np.ndarray) -> float:
-        """FID of the Gaussian of ``features`` [n, D] (mean, unbiased covariance) against the reference."""
-        x = self._check(features)
-        return self._fid(x, x @ self.sigma_sqrt)
-
-    def fid_resampled(self, features: np.ndarray, indices: np.ndarray) -> np.ndarray:
-        """FIDs of the row subsets ``features[idx]`` for each row idx of ``indices`` [B, m] -> [B].
-
-        X R is computed once: (X[idx] - mean) R = (X R)[idx] - mean((X R)[idx]), so a replicate costs a
-        Gram matrix, not a product with R.
-        """
-        x = self._check(features)
-        xr = x @ self.sigma_sqrt
-        return np.array([self._fid(x[idx], xr[idx]) for idx in np.asarray(indices)])
-
-    def _check(self, features: np.ndarray) -> np.ndarray:
-        x = np.asarray(features, dtype=np.float64)
-        if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] != self.mu.shape[0]:
-            raise ValueError(f"features must be [n, {self.mu.shape[0]}] with n >= 2, got shape {x.shape}")
-        return x
-
-    def _fid(self, x: np.ndarray, xr: np.ndarray) -> float:
-        """FID of features x [n, D] given xr = x R [n, D]."""
-        n, d = x.shape
-        mu_a = x.mean(axis=0)
-        xc = x - mu_a
-        y = (xr - xr.mean(axis=0)) / np.sqrt(n - 1)  # = xc R / sqrt(n - 1)
-        eig = np.linalg.eigvalsh(y @ y.T if n <= d else y.T @ y)
-        tr_covmean = float(np.sqrt(np.clip(eig, 0.0, None)).sum())
-        diff = mu_a - self.mu
-        return float(diff @ diff + (xc * xc).sum() / (n - 1) + self.trace_sigma - 2.0 * tr_covmean)
 
 
 def compute_reference_stats(
@@ -469,10 +312,12 @@ def compute_fid(
 ) -> dict[str, Any]:
     """FID (and KID) of ``images_a`` against images or precomputed reference statistics.
 
-    Features come from the backend's torch-fidelity extractor; the FID is torch-fidelity's
-    ``fid_statistics_to_metric`` (``frechet_distance_pytorch_fid`` when ``backend.frechet`` is "pytorch-fid")
-    and the KID its ``kid_features_to_metric`` (what ``torch_fidelity.calculate_metrics`` computes for two
-    image sets). With ``bootstrap`` B > 0, also B
+    One path for both kinds of reference: features of ``images_a`` (the backend's torch-fidelity extractor) ->
+    statistics -> ``eval.frechet.frechet_distance`` against the reference statistics (``reference_stats``: read
+    from a file, given, or computed from images the same way) with the backend's formula: torch-fidelity's
+    ``fid_statistics_to_metric``, or ``frechet_distance_pytorch_fid`` when ``backend.frechet`` is "pytorch-fid".
+    KID is torch-fidelity's ``kid_features_to_metric`` on the two feature sets (what
+    ``torch_fidelity.calculate_metrics`` computes for two image sets). With ``bootstrap`` B > 0, also B
     bootstrap replicates of the FID: the features of ``images_a`` resampled with replacement
     (``eval.stats.fid_bootstrap``, indices from ``np.random.default_rng(bootstrap_seed)``), the reference fixed.
 
@@ -491,9 +336,6 @@ def compute_fid(
          "num_images_a", "num_images_b", "kid_subset_size", "kid_subsets", "reference",
          "fid_replicates" (list of B floats, if bootstrap)}
     """
-    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
-    from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
-
     cuda = _resolve_cuda(cuda)
     layer = backend.feature_layer("fid")
     if kid and backend.feature_layer("kid") != layer:
@@ -505,19 +347,8 @@ def compute_fid(
     subset = _kid_subset(kid_subset_size, n_a, len(reference.features)) if kid else None
 
     features_a = extract_features(dataset_a, backend, batch_size, cuda)
-    mu_a, sigma_a = stats_from_features(features_a)
-    if backend.frechet == FRECHET_PYTORCH_FID:
-        scores = {KEY_METRIC_FID: frechet_distance_pytorch_fid((mu_a, sigma_a), (reference.mu, reference.sigma))}
-    else:
-        scores = fid_statistics_to_metric({"mu": mu_a, "sigma": sigma_a},
-                                          {"mu": reference.mu, "sigma": reference.sigma}, False)
-    if kid:
-        features_b = torch.from_numpy(reference.features.astype(np.float64))
-        scores.update(kid_features_to_metric(torch.from_numpy(features_a), features_b, kid_subsets=kid_subsets,
-                                             kid_subset_size=subset, rng_seed=seed, verbose=False))
-
     result: dict[str, Any] = {
-        "fid": float(scores[KEY_METRIC_FID]),
+        "fid": frechet_distance(stats_from_features(features_a), reference, backend.frechet),
         "backend": backend.fid_backend_name,
         "feature_extractor": backend.feature_extractor,
         "feature_layer": layer,
@@ -526,17 +357,35 @@ def compute_fid(
         "reference": where,
     }
     if kid:
-        result.update(
-            kid_mean=float(scores[KEY_METRIC_KID_MEAN]),
-            kid_std=float(scores[KEY_METRIC_KID_STD]),
-            kid_subset_size=subset,
-            kid_subsets=kid_subsets,
-        )
+        result.update(kid_from_features(features_a, reference.features, subset, kid_subsets, seed))
     if bootstrap:
         rng = np.random.default_rng(bootstrap_seed)
         replicates = stats.fid_bootstrap(features_a, reference.mu, reference.sigma, int(bootstrap), rng)
         result["fid_replicates"] = [float(v) for v in replicates]
     return result
+
+
+def kid_from_features(
+    features_a: np.ndarray, features_b: np.ndarray, subset_size: int, subsets: int = KID_SUBSETS, seed: int = KID_SEED
+) -> dict[str, Any]:
+    """torch-fidelity's KID (``kid_features_to_metric``) of features [N_a, D] against [N_b, D]: ``subsets`` random
+    subsets of ``subset_size`` from each set, seeded by ``seed``.
+
+    Returns:
+        {"kid_mean", "kid_std", "kid_subset_size", "kid_subsets"}
+    """
+    from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+
+    scores = kid_features_to_metric(
+        torch.from_numpy(np.asarray(features_a)), torch.from_numpy(np.asarray(features_b).astype(np.float64)),
+        kid_subsets=subsets, kid_subset_size=subset_size, rng_seed=seed, verbose=False,
+    )
+    return {
+        "kid_mean": float(scores[KEY_METRIC_KID_MEAN]),
+        "kid_std": float(scores[KEY_METRIC_KID_STD]),
+        "kid_subset_size": subset_size,
+        "kid_subsets": subsets,
+    }
 
 
 def fid_records(prov: dict[str, Any], result: dict[str, Any], **columns: Any) -> list[dict[str, Any]]:

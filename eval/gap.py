@@ -307,7 +307,7 @@ def normalise_panels(x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _load_pdae(path: str, device: torch.device) -> Any:
-    from pdae.methods import load_method
+    from pdae.checkpoint import load_method
 
     method = load_method(path, device)
     if not (method.has_encoder and method.has_shift):
@@ -317,7 +317,7 @@ def _load_pdae(path: str, device: torch.device) -> Any:
 
 def run_gap(args: argparse.Namespace) -> int:
     from pdae.data import build_dataset
-    from pdae.methods import load_method
+    from pdae.checkpoint import load_method
 
     device = common.resolve_device(args.device)
     pdae = _load_pdae(args.pdae, device)

@@ -147,10 +147,8 @@ def probe_targets(dataset: Any) -> dict[str, Tensor]:
 
 # Feature extractors: a trained encoder, an untrained copy, raw pixels.
 def encoder_module(method: Any) -> nn.Module:
-    """The semantic encoder module of a PDAE (`method.encoder`) or Diff-AE (`method.model.encoder`)."""
-    enc = getattr(method, "encoder", None)
-    if enc is None and hasattr(method, "model"):
-        enc = getattr(method.model, "encoder", None)
+    """The semantic encoder module of an autoencoder (`Method.semantic_encoder`: PDAE's, Diff-AE's)."""
+    enc = method.semantic_encoder
     if enc is None or not hasattr(enc, "config"):
         raise ValueError(f"{getattr(method, 'folder', method.name)}: model {method.name!r} has no semantic encoder")
     return enc
@@ -200,7 +198,7 @@ def _parse_encoder(value: str) -> tuple[str | None, str]:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from pdae.methods import load_method
+    from pdae.checkpoint import load_method
 
     device = resolve_device(args.device)
     if not args.encoder and not args.pixels:

@@ -28,16 +28,15 @@ import argparse
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from eval import common, metrics
-from eval.sample import PAPER_STEPS, decode, model_device, write_arrays
-from pdae import precision as precision_mod
-from pdae.diffusion.sampling import ddim_invert
-from pdae.progress import batch_starts
+from eval.ddim_codec import decode, infer_x_T, model_device  # noqa: F401 - infer_x_T: public here too
+from eval.sample import PAPER_STEPS, write_arrays
 
 # Seed offset of the per-image DDPM noise generators (distinct from the x_T stream of the same seed).
 DDPM_SEED_OFFSET = 700_000
@@ -139,34 +138,6 @@ def latent_dim_of(method: Any, x_T_mode: str, image_shape: tuple[int, ...]) -> i
     pixels = math.prod(image_shape)
     z_dim = int(method.latent_dim or 0)  # None: no z (the plain DPM)
     return z_dim + (pixels if x_T_mode == "inferred" else 0)
-
-
-# DDIM encoding (PDAE Eq. 8).
-def infer_x_T(
-    method: Any, x0: Tensor, z: Tensor | None, steps: int, *, convention: str = "paper", batch_size: int = 64,
-    precision: str = "fp32",
-) -> Tensor:
-    """Inferred x_T [N, C, H, W] (CPU) of images x0 [N, C, H, W] in [-1, 1] by DDIM inversion.
-
-    PDAE: eps_theta with the shift G(x_t, z, t) on every step; Diff-AE: eps(x_t, t, z); plain DPM (z None): eps.
-    `precision` as in `eval.sample.decode`; the reconstruction tables encode in fp32 (inversion error is what
-    they measure).
-    """
-    device = model_device(method)
-    if method.conditioning == "none" and z is not None:
-        raise ValueError("infer_x_T: a plain DPM takes no z")
-    if method.has_encoder and z is None:
-        raise ValueError(f"infer_x_T: method {method.name} needs z = encode(x0)")
-    out = []
-    with torch.inference_mode(), precision_mod.memory_format(method, device, precision):
-        for i in batch_starts(x0.shape[0], batch_size, f"{method.name} DDIM inversion, {steps} steps", "images"):
-            cond = z[i : i + batch_size].to(device) if z is not None else None
-            eps_fn, shift_fn = method.denoiser(cond) if cond is not None else method.denoiser()
-            eps_fn = precision_mod.wrap(eps_fn, device, precision)
-            shift_fn = precision_mod.wrap(shift_fn, device, precision)
-            x = x0[i : i + batch_size].to(device=device, dtype=torch.float32)
-            out.append(ddim_invert(eps_fn, x, method.schedule, steps, convention=convention, shift_fn=shift_fn).cpu())
-    return torch.cat(out)
 
 
 def encode_all(method: Any, x0: Tensor, batch_size: int = 64) -> Tensor | None:
@@ -302,7 +273,7 @@ def recon_records(
 
 
 def run(args: argparse.Namespace) -> int:
-    from pdae.methods import load_method
+    from pdae.checkpoint import load_method
 
     device = common.resolve_device(args.device)
     method = load_method(args.model, device)
@@ -351,7 +322,13 @@ def run(args: argparse.Namespace) -> int:
     if args.unrelated_floor:  # over the first chunk (all images when they fit in one)
         rows += floor_rows(method, x0, backend, args.seed, meta)
         meta["unrelated_floor_images"] = int(x0.shape[0])
-    rows = [{**r, "eval_data": common.data_slug(spec), "split": args.split} for r in rows]  # the protocol (eval.tables)
+    # The protocol of every row (eval.tables names it): the data, split and number of images evaluated (the
+    # unrelated floor's rows: the images it used) and the DDIM step rule of the row's setting.
+    # A dataset folder (--data DIR) is named by its path: the model's variant need not describe it.
+    evaluated = str(args.data) if args.data and Path(args.data).is_dir() else common.data_slug(spec)
+    rows = [{**r, "eval_data": evaluated, "split": args.split,
+             "n_images": len(r["values"]) if isinstance(r.get("values"), list) else n, "step_rule": step_rule(r)}
+            for r in rows]
     common.write_records(args.out, rows, **meta)
     if args.arrays:
         k = min(args.grid_images, x0.shape[0])
@@ -368,6 +345,16 @@ def run(args: argparse.Namespace) -> int:
         write_arrays(args.arrays, arrays, **common.provenance(method, method.record_label), table="recon",
                      backend=backend.name, **meta)
     return 0
+
+
+def step_rule(row: dict[str, Any]) -> str:
+    """The encode/decode step rule of a recon row, for the tables' protocol: inferred x_T, "encode T -> decode T"
+    (DDIM inversion with the decode steps, Diff-AE's inv<T>) or "encode N -> decode T" (a fixed count; the official
+    PDAE script encodes with ddim1000); "-" where nothing is encoded (random x_T, DDPM, the unrelated floor)."""
+    if row.get("x_T") != "inferred" or row.get("sampler") != "ddim":
+        return "-"
+    same = str(row.get("encode_steps")) == str(row.get("steps"))
+    return f"encode {'T' if same else row.get('encode_steps')} -> decode T"
 
 
 def floor_rows(method: Any, x0: Tensor, backend: Any, seed: int, meta: dict[str, Any]) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ The plain DPM rows ("ddim") are DDIM sampling from x_T alone.
 Public functions (imported by the few-shot and truncation evaluations; keep their signatures stable):
 
     sample_latents(latent, n, steps, generator=None, *, z_T=None, convention, batch_size) -> raw z [n, D]
-    decode(method, z, x_T, steps, stop_fraction=0.0, *, ...)                            -> images [N, C, H, W]
+    decode(method, z, x_T, steps, stop_fraction=0.0, *, ...)  (eval.ddim_codec)        -> images [N, C, H, W]
     latent_noise / image_shape / model_device / write_arrays                            helpers
     real_sample_indices(num_images, n, seed)                     -> n distinct indices (the real-data FID floor)
     latent_health(latent, z)                                     -> latent_std, latent_mean_abs of normalised z
@@ -22,17 +22,19 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from eval import common
+from eval.ddim_codec import check_steps as _check_steps
+from eval.ddim_codec import decode, model_device  # noqa: F401 - public here too (edit, gap, reconstruct, tests)
 from eval.stats import FID_BOOTSTRAP
 from pdae import precision as precision_mod
 from pdae.progress import batch_starts
-from pdae.diffusion.sampling import ddim_sample, ddpm_sample
+from pdae.diffusion.sampling import ddim_sample
 
 # Seed offset of the latent noise stream z_T, so that z_T and x_T of one seed never share a generator.
 LATENT_SEED_OFFSET = 500_000
@@ -68,15 +70,6 @@ NOTES_UNCOND = (
 # Helpers shared by the sampling evaluations.
 
 
-def model_device(method: torch.nn.Module) -> torch.device:
-    """The device of a method's parameters (CPU for a parameter-free module)."""
-    for p in method.parameters():
-        return p.device
-    for b in method.buffers():
-        return b.device
-    return torch.device("cpu")
-
-
 def image_shape(method: Any, override: str | None = None) -> tuple[int, int, int]:
     """(C, H, W) of the images a model was trained on, from its data spec (see `eval.common.data_spec`)."""
     from pdae.data import resolve_spec
@@ -92,11 +85,6 @@ def latent_noise(n: int, dim: int, seed: int, start: int = 0) -> Tensor:
         [n, dim] float32 (CPU)
     """
     return common.image_noise((dim,), range(start, start + n), seed + LATENT_SEED_OFFSET)
-
-
-def _check_steps(steps: int) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -151,74 +139,6 @@ def sample_latents(
             z0 = ddim_sample(eps_fn, z_T[i : i + batch_size], latent.schedule, steps, convention=convention,
                              clip_x0=clip)
             out.append(latent.stats.denormalize(z0))
-    return torch.cat(out)
-
-
-# Image decoding of any method (docs/protocol.md §1.5-1.7): DDIM (or DDPM) from x_T under the method's eps / shift.
-def decode(
-    method: Any,
-    z: Tensor | None,
-    x_T: Tensor,
-    steps: int,
-    stop_fraction: float = 0.0,
-    *,
-    convention: str = "paper",
-    shift_scale: float = 1.0,
-    sampler: str = "ddim",
-    generator: torch.Generator | Sequence[torch.Generator] | None = None,
-    batch_size: int = 64,
-    precision: str = "fp32",
-) -> Tensor:
-    """Decode x_T ([N, C, H, W]) under condition z with `method` ("dpm", "pdae", "pdae_class" or "diffae").
-
-    - dpm: plain DDIM (z must be None); pdae: eps_theta and the shift G(x_t, z, t) (paper Eq. 6), the shift off
-      for the last int(stop_fraction * N) steps; pdae with z None: the frozen prior alone; pdae_class: z holds
-      int64 labels [N] and `shift_scale` scales G (truncation-like effect, §5.8); diffae: its conditional eps.
-    - sampler "ddim": deterministic, x0_hat clamped to [-1, 1] each step (official); `steps` = "ddim<steps>".
-      sampler "ddpm": ancestral over all T steps (`steps` ignored), noise from `generator` (one, or one per sample
-      so a sample does not depend on the batch), no clipping (official PDAE code,
-      `representation_learning_ddpm_sample`).
-    - precision (pdae.precision): "fp32" (default), or "bf16" / "auto" to run the networks under bf16 autocast
-      (their outputs cast back to fp32; the DDIM/DDPM arithmetic stays fp32).
-
-    Returns:
-        images  # [N, C, H, W] float32 on the CPU ("paper" DDIM: in [-1, 1]; "current"/DDPM may overshoot)
-    """
-    name = getattr(method, "name", None)
-    if not common.is_image_decoder(method):
-        raise ValueError(f"decode: method {name!r} is not an image decoder (dpm, pdae, pdae_class, diffae)")
-    if sampler not in ("ddim", "ddpm"):
-        raise ValueError(f"decode: sampler must be ddim or ddpm, got {sampler!r}")
-    if sampler == "ddim":
-        _check_steps(steps)
-    if method.conditioning == "none" and z is not None:
-        raise ValueError("decode: a plain DPM takes no condition z (pass z=None)")
-    if not method.condition_optional and z is None:
-        raise ValueError(f"decode: method {name} needs a condition z")
-    if z is not None and z.shape[0] != x_T.shape[0]:
-        raise ValueError(f"decode: z has {z.shape[0]} rows but x_T has {x_T.shape[0]}")
-    if sampler == "ddpm" and generator is not None and not isinstance(generator, torch.Generator):
-        if len(generator) != x_T.shape[0]:
-            raise ValueError(f"decode: {len(generator)} generators for {x_T.shape[0]} samples")
-    device = model_device(method)
-    out = []
-    with torch.inference_mode(), precision_mod.memory_format(method, device, precision):
-        desc = f"{name} {sampler}" + (f", {steps} steps" if sampler == "ddim" else "")
-        for i in batch_starts(x_T.shape[0], batch_size, desc, "images"):
-            sl = slice(i, i + batch_size)
-            cond = z[sl].to(device) if z is not None else None
-            eps_fn, shift_fn = method.denoiser(cond) if cond is not None else method.denoiser()
-            eps_fn = precision_mod.wrap(eps_fn, device, precision)
-            shift_fn = precision_mod.wrap(shift_fn, device, precision)
-            x = x_T[sl].to(device=device, dtype=torch.float32)
-            if sampler == "ddim":
-                x0 = ddim_sample(eps_fn, x, method.schedule, steps, convention=convention, shift_fn=shift_fn,
-                                 stop_fraction=stop_fraction, shift_scale=shift_scale)
-            else:
-                gen = generator if generator is None or isinstance(generator, torch.Generator) else generator[sl]
-                x0 = ddpm_sample(eps_fn, x, method.schedule, shift_fn=shift_fn, stop_fraction=stop_fraction,
-                                 shift_scale=shift_scale, generator=gen)
-            out.append(x0.float().cpu())
     return torch.cat(out)
 
 
@@ -333,7 +253,8 @@ def sidecar_path(path: str | os.PathLike) -> Path:
 def reference_protocol(reference: Any) -> dict[str, Any]:
     """What a FID's reference set was, from its statistics file's meta: images, split and selection."""
     meta = getattr(reference, "meta", None) or {}
-    return {"ref_images": meta.get("num_images", "-"), "ref_split": meta.get("split", "-"),
+    return {"eval_data": common.data_slug(meta["data"]) if isinstance(meta.get("data"), dict) else "-",
+            "ref_images": meta.get("num_images", "-"), "ref_split": meta.get("split", "-"),
             "ref_selection": meta.get("selection", "first") + (f" (seed {meta['selection_seed']})"
                                                                  if "selection_seed" in meta else "")}
 
@@ -379,11 +300,13 @@ def run_ref_stats(args: argparse.Namespace) -> int:
     """Reference feature statistics of --num-images training images, the first ones or a seeded random draw
     (--selection; docs/protocol.md §5.7)."""
     from eval.fid import compute_reference_stats
-    from pdae.methods import load_method
+    from pdae.checkpoint import load_method
 
     device = common.resolve_device(args.device)
     if args.model is None and args.data is None:
         raise ValueError("ref-stats: pass --model DIR (its training data) or --data SPEC.yaml")
+    if args.selection_seed < 0:  # numpy's Generator takes non-negative seeds only
+        raise ValueError(f"--selection-seed: expected a non-negative integer, got {args.selection_seed}")
     spec = common.data_spec(load_method(args.model, "cpu") if args.model else None, args.data)
     if args.num_images < 2:
         raise ValueError(f"--num-images: need at least 2 reference images, got {args.num_images}")
@@ -432,7 +355,7 @@ def run_uncond(args: argparse.Namespace) -> int:
     """Table 2 rows: FID (+KID) of unconditional samples at each DDIM step count (PDAE paper Table 2), with
     bootstrap replicates, the real-data floor at the same n (ddim runs) and the latent DPM's health."""
     from eval.fid import compute_fid, fid_records, reference_stats
-    from pdae.methods import load_method
+    from pdae.checkpoint import load_method
 
     device = common.resolve_device(args.device)
     if (args.dpm is None) == (args.autoencoder is None):
@@ -482,7 +405,9 @@ def run_uncond(args: argparse.Namespace) -> int:
         row_labels.append(f"{label} T={steps}")
     protocol = {**reference_protocol(reference),
                 "clip_latent": bool(latent.method_kwargs.get("clip_latent", False)) if latent is not None else "-"}
-    rows = [{**r, **protocol} for r in rows]  # the protocol of every row (eval.tables names it)
+    # The protocol of every row (eval.tables names it); step_rule: the latent DPM and the image decoder both sample
+    # with the row's DDIM steps (docs/protocol.md §5.7); "-" for the plain DPM (image DDIM only).
+    rows = [{**r, **protocol, "step_rule": "-" if plain else "latent T -> decode T"} for r in rows]
     meta = dict(notes=NOTES_UNCOND, convention=args.convention, num_samples=args.num_samples,
                 precision=precision_mod.resolve(args.precision, device),
                 stop_fraction=args.stop_fraction if not plain else "-", ref_stats=str(args.ref_stats),

@@ -32,6 +32,8 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from eval.frechet import FrechetReference
+
 # Largest KID subset (torch-fidelity's default subset size).
 KID_MAX_SUBSET = 1000
 # Default number of bootstrap replicates of an FID in the evaluations' records (their `values`).
@@ -296,10 +298,8 @@ def fid_bootstrap(
     rng: np.random.Generator | int | None = None,
 ) -> np.ndarray:
     """FID replicates [n_boot]: the generated features [n, D] resampled with replacement, the reference
-    statistics (mu [D], sigma [D, D]) fixed. Uses ``eval.fid.FrechetReference`` (the reference's matrix square
+    statistics (mu [D], sigma [D, D]) fixed. Uses ``eval.frechet.FrechetReference`` (the reference's matrix square
     root computed once). Replicates sit above the full-set FID by roughly tr(sigma_gen) / n (module doc)."""
-    from eval.fid import FrechetReference
-
     x = np.asarray(features, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] < 2:
         raise ValueError(f"features must be [n, D] with n >= 2, got shape {x.shape}")

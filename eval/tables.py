@@ -34,8 +34,14 @@ PER_SEED_COLUMNS = ("level", "tolerance", "dpm_images", "window_images")  # per-
 AVERAGED_COLUMNS = ("images_seen", "wall_time_s")
 X_COLUMNS: dict[str, tuple[str, ...]] = {"efficiency": ("images_seen",)}  # averaged columns that are the x-axis
 # What was evaluated and how (Tables 1-3): group keys like any column (never averaged across), but a value shared
-# by every row is named once under the Markdown/LaTeX/HTML table ("protocol: ...") instead of in a column.
-PROTOCOL_COLUMNS = ("eval_data", "split", "ref_images", "ref_selection", "clip_latent")
+# by every row where the column applies (cells "-" do not count) is named once under the Markdown/LaTeX/HTML table
+# ("protocol: ...") instead of in a column. eval_data / split: the images evaluated (Table 1) or the FID reference's
+# data (Tables 2, 3); n_images: Table 1's image count (Tables 2-3 carry `n_samples` per row); ref_images /
+# ref_split / ref_selection: the FID reference set; step_rule: DDIM steps of encoding and decoding ("encode T ->
+# decode T" is Diff-AE's protocol, "encode 1000 -> decode T" the official PDAE script's); the FID implementation
+# is the `backend` column, named in the footer too ("pytorch-fid", "standard", "domain").
+PROTOCOL_COLUMNS = ("eval_data", "split", "n_images", "ref_images", "ref_split", "ref_selection", "step_rule",
+                    "clip_latent")
 DERIVED_COLUMNS = ("paper", "paper_note", "data_source")
 LEADING, TRAILING = ("table", "dataset", "method"), ("metric", "backend")
 CI_LEVEL, CI_BOOT = 0.95, 1000
@@ -199,7 +205,7 @@ def _shown(agg_rows: Sequence[Mapping[str, Any]]) -> tuple[pd.DataFrame, pd.Data
     skip = {"table", "mean", "std", "n", "seeds", "ci_low", "ci_high", "code_version", "paper", "paper_note",
             *(() if agg["table"].iat[0] in X_COLUMNS else AVERAGED_COLUMNS)}
     text = agg.apply(lambda col: col.map(_cell))
-    constant = {c for c in PROTOCOL_COLUMNS if c in text and text[c].nunique() == 1}
+    constant = {c for c in PROTOCOL_COLUMNS if c in text and _shared(text[c]) is not None}
     shown = text[[c for c in agg if c not in skip | constant and not text[c].isin(["-", ""]).all()]].copy()
     shown["mean ± std"] = [format_mean_std(m, s) for m, s in zip(agg["mean"], agg["std"])]
     shown["n"] = text["n"]
@@ -211,10 +217,15 @@ def _shown(agg_rows: Sequence[Mapping[str, Any]]) -> tuple[pd.DataFrame, pd.Data
     return agg, shown, notes
 
 
+def _shared(cells: pd.Series) -> str | None:
+    """The one value of a protocol column over the rows it applies to (cells "-" or "" do not), else None."""
+    values = set(cells.map(_cell)) - {"-", ""}
+    return values.pop() if len(values) == 1 else None
+
+
 def _protocol(agg: pd.DataFrame) -> str:
     """"protocol: eval_data = ...; split = ...; " for the protocol columns one value fills (see PROTOCOL_COLUMNS)."""
-    parts = [f"{c} = {_cell(agg[c].iat[0])}" for c in PROTOCOL_COLUMNS
-             if c in agg and agg[c].map(_cell).nunique() == 1 and _cell(agg[c].iat[0]) not in ("-", "")]
+    parts = [f"{c} = {value}" for c in PROTOCOL_COLUMNS if c in agg and (value := _shared(agg[c])) is not None]
     return f"protocol: {'; '.join(parts)}; " if parts else ""
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import hashlib
-import importlib
 import json
 import os
 import shutil
@@ -33,6 +32,11 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from pdae.diffusion.schedule import Schedule
+from pdae.methods import registry
+from pdae.methods.base import Method
+from pdae.methods.registry import FORMAT
 
 # The restricted unpickler lives in its own module; its public names are re-exported here (and
 # `_check_declared_sizes`, used by training's resume) so that `from pdae.checkpoint import ...` keeps working.
@@ -51,12 +55,9 @@ from pdae.safe_pickle import (  # noqa: F401
 )
 
 __all__ = [
-    "COMPONENT_CLASSES",
-    "COMPONENT_INPUTS",
     "CONFIG_FILE",
     "FORMAT",
     "METADATA_FILE",
-    "METHODS",
     "MODEL_FILES",
     "TENSORS_FILE",
     "CheckpointError",
@@ -66,6 +67,7 @@ __all__ = [
     "build_component",
     "build_components",
     "check_state_dict",
+    "load_method",
     "load_model_folder",
     "load_state_dict_strict",
     "make_config",
@@ -77,32 +79,19 @@ __all__ = [
     "validate_config",
 ]
 
-FORMAT = "pdae-bench/1"
 TENSORS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 METADATA_FILE = "metadata.json"
 MODEL_FILES = (TENSORS_FILE, CONFIG_FILE, METADATA_FILE)
-METHODS = ("dpm", "pdae", "pdae_class", "diffae", "latent", "classifier", "feature_net")
 CONFIG_KEYS = ("format", "method", "components", "diffusion", "method_kwargs")
+# The methods, and the component classes a config.json may name, are those of the method registry
+# (pdae.methods.registry): a class is resolved by its name there, never imported from a name in a file.
 
-# Component class name -> "module:attribute"; imported only when a component is built.
-COMPONENT_CLASSES: dict[str, str] = {
-    "UNet": "pdae.nets.unet:UNet",
-    "SemanticEncoder": "pdae.nets.encoder:SemanticEncoder",
-    "GradientEstimator": "pdae.nets.gradient_estimator:GradientEstimator",
-    "DiffAEUNet": "pdae.nets.cond_unet:DiffAEUNet",
-    "LatentMLP": "pdae.nets.latent_mlp:LatentMLP",
-    "LinearHead": "pdae.nets.classifier:LinearHead",
-    "FeatureNet": "pdae.nets.classifier:FeatureNet",
-    "LatentStats": "pdae.methods.latent:LatentStats",
-    # issue 7: foreign frozen priors (pdae/nets/adapters.py)
-    "DiffusersPrior": "pdae.nets.adapters:DiffusersPrior",
-    "AdmUNet": "pdae.nets.adapters:AdmUNet",
-}
 
-# Constructor arguments that are other components of the same folder (class -> {argument: component}).
-# The gradient estimator holds the frozen prior; the folder stores only its new parts under `estimator.`.
-COMPONENT_INPUTS: dict[str, dict[str, str]] = {"GradientEstimator": {"prior": "prior"}}
+def _component_inputs(cls: type) -> dict[str, str]:
+    """Constructor arguments of `cls` that are other components of the same folder ({argument: component}): the
+    gradient estimator holds the frozen prior, and the folder stores only its new parts under `estimator.`."""
+    return dict(getattr(cls, "component_inputs", {}))
 
 _MAX_KEYS_SHOWN = 3
 
@@ -220,8 +209,11 @@ def validate_config(config: Any, where: str) -> None:
         raise CheckpointError(f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(CONFIG_KEYS)})")
     if config["format"] != FORMAT:
         raise CheckpointError(f"{where}: wrong format tag {config['format']!r} (expected {FORMAT!r})")
-    if config["method"] not in METHODS:
-        raise CheckpointError(f"{where}: unknown method {config['method']!r} (expected one of {', '.join(METHODS)})")
+    if config["method"] not in registry.names():
+        raise CheckpointError(
+            f"{where}: unknown method {config['method']!r} (expected one of {', '.join(registry.names())})"
+        )
+    classes = registry.component_classes()
     components = config["components"]
     if not isinstance(components, dict) or not components:
         raise CheckpointError(f"{where}: 'components' must be a non-empty object")
@@ -231,13 +223,11 @@ def validate_config(config: Any, where: str) -> None:
             raise CheckpointError(f"{where}: invalid component name {name!r} (non-empty, no '.')")
         if not isinstance(spec, dict) or set(spec) != {"class", "kwargs"}:
             raise CheckpointError(f"{at}: expected an object with exactly 'class' and 'kwargs'")
-        if spec["class"] not in COMPONENT_CLASSES:
-            raise CheckpointError(
-                f"{at}: unknown class {spec['class']!r} (known: {', '.join(sorted(COMPONENT_CLASSES))})"
-            )
+        if spec["class"] not in classes:
+            raise CheckpointError(f"{at}: unknown class {spec['class']!r} (known: {', '.join(sorted(classes))})")
         if not isinstance(spec["kwargs"], dict):
             raise CheckpointError(f"{at}.kwargs: expected an object")
-        for argument, source in COMPONENT_INPUTS.get(spec["class"], {}).items():
+        for argument, source in _component_inputs(classes[spec["class"]]).items():
             if source not in components:
                 raise CheckpointError(f"{at}: {spec['class']} needs component {source!r} as its {argument}")
     diffusion = config["diffusion"]
@@ -247,29 +237,23 @@ def validate_config(config: Any, where: str) -> None:
         raise CheckpointError(f"{where}: 'method_kwargs' must be an object")
 
 
-def _import_class(class_name: str) -> type:
-    if class_name not in COMPONENT_CLASSES:
-        raise CheckpointError(f"unknown component class {class_name!r} (known: {', '.join(sorted(COMPONENT_CLASSES))})")
-    module_name, attribute = COMPONENT_CLASSES[class_name].split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise CheckpointError(f"component class {class_name}: cannot import {module_name} ({_first_line(exc)})") from None
-    if not hasattr(module, attribute):
-        raise CheckpointError(f"component class {class_name}: {module_name} has no {attribute}")
-    return getattr(module, attribute)
+def _component_class(class_name: str) -> type:
+    classes = registry.component_classes()
+    if class_name not in classes:
+        raise CheckpointError(f"unknown component class {class_name!r} (known: {', '.join(sorted(classes))})")
+    return classes[class_name]
 
 
 def build_component(spec: Mapping[str, Any], where: str = "component", **extra: Any) -> nn.Module:
     """Construct `spec["class"](**spec["kwargs"], **extra)` (weights untouched).
 
-    :param spec: {"class": name in COMPONENT_CLASSES, "kwargs": constructor kwargs}.
+    :param spec: {"class": a component class name of the method registry, "kwargs": constructor kwargs}.
     :param where: names the spec in error messages (e.g. "run/config.json: components.unet").
     :param extra: constructor arguments that are not JSON values, e.g. `prior=` of GradientEstimator.
     """
     if not isinstance(spec, Mapping) or "class" not in spec or not isinstance(spec.get("kwargs"), Mapping):
         raise CheckpointError(f"{where}: expected {{'class': ..., 'kwargs': {{...}}}}, got {spec!r}")
-    cls = _import_class(spec["class"])
+    cls = _component_class(spec["class"])
     try:
         return cls(**spec["kwargs"], **extra)
     except (TypeError, ValueError, RuntimeError) as exc:  # RuntimeError: e.g. a negative channel count
@@ -530,7 +514,8 @@ def build_components(folder: ModelFolder) -> dict[str, nn.Module]:
             if name in chain:
                 raise CheckpointError(f"{where}: components depend on each other in a cycle ({' -> '.join(chain + (name,))})")
             spec = specs[name]
-            inputs = {arg: build(src, chain + (name,)) for arg, src in COMPONENT_INPUTS.get(spec["class"], {}).items()}
+            cls = registry.component_classes().get(spec["class"], object)  # unknown: build_component says so
+            inputs = {arg: build(src, chain + (name,)) for arg, src in _component_inputs(cls).items()}
             if meta:
                 with torch.device("meta"):
                     module = build_component(spec, f"{where}: components.{name}", **inputs)
@@ -550,3 +535,21 @@ def build_components(folder: ModelFolder) -> dict[str, nn.Module]:
     build_all(meta=True)
     built = build_all(meta=False)
     return {name: built[name] for name in specs}
+
+
+def load_method(folder: str | Path, device: str | torch.device = "cpu") -> Method:
+    """Rebuild a method (eval mode, no grads) from a model folder: its components built and loaded
+    (`build_components`), assembled by the registered method class (`Method.from_components`)."""
+    folder = Path(folder)
+    mf = load_model_folder(folder)
+    cfg = mf.config
+    spec = registry.get(cfg["method"])
+    parts = build_components(mf)
+    missing = [name for name in spec.components if name not in parts]
+    if missing:
+        raise ValueError(f"{folder}/config.json: component {missing[0]!r} missing for method {spec.name!r}")
+    schedule = Schedule.from_dict(cfg["diffusion"]) if cfg.get("diffusion") else None
+    method = spec.cls.from_components(parts, schedule, dict(cfg.get("method_kwargs") or {}))
+    method.metadata = mf.metadata  # type: ignore[attr-defined]
+    method.folder = folder  # type: ignore[attr-defined]
+    return method.to(device).eval().requires_grad_(False)

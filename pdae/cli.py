@@ -17,8 +17,12 @@ import sys
 import threading
 from pathlib import Path
 
-TRAIN_METHODS = {"dpm": "dpm", "pdae": "pdae", "pdae-class": "pdae_class", "diffae": "diffae",
-                 "latent": "latent", "classifier": "classifier", "feature-net": "feature_net"}
+
+def train_methods() -> dict[str, str]:
+    """`pdae train` name -> method name, for every method of the registry (pdae.methods.registry)."""
+    from pdae.methods import registry
+
+    return {spec.cli: spec.name for spec in registry.specs()}
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -29,7 +33,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "interruption resumes from <out>.resume/.",
         epilog="example: pdae train pdae --config pdae.yaml --dpm results/digits/dpm/model --out runs/pdae --seed 1",
     )
-    p.add_argument("method", choices=sorted(TRAIN_METHODS), help="what to train")
+    p.add_argument("method", choices=sorted(train_methods()), help="what to train")
     p.add_argument("--config", required=True, help="training config (YAML/JSON: data, diffusion, nets, method, train)")
     p.add_argument("--out", required=True, help="model folder to create (must not exist; written atomically at the end, "
                    "locked by <out>.lock while the run lasts)")
@@ -56,11 +60,12 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.images is not None:
         cfg.train.images = args.images
     try:  # every value, before any work (train() checks again for API callers)
-        check_run_config(TRAIN_METHODS[args.method], cfg, args.dpm, args.encoder, check_inputs=True)
+        method = train_methods()[args.method]
+        check_run_config(method, cfg, args.dpm, args.encoder, check_inputs=True)
     except (ConfigError, DataError) as exc:
         raise ConfigError(f"{args.config}: {exc}") from None
     result = train(
-        TRAIN_METHODS[args.method], cfg, args.out, dpm_dir=args.dpm, encoder_dir=args.encoder, seed=args.seed,
+        method, cfg, args.out, dpm_dir=args.dpm, encoder_dir=args.encoder, seed=args.seed,
         device=args.device, resume_dir=args.resume_dir, progress=not args.no_progress,
     )
     print(f"wrote {result.out_dir} ({result.images_seen} images, {result.steps} steps, {result.wall_time_s:.1f} s)")

@@ -234,31 +234,15 @@ def load_run_config(path: str | Path) -> RunConfig:
 # ---------------------------------------------------------------------------------------------------
 # The `method` and `nets` sections, checked against what each method's constructors take (before any work).
 
-# Method name -> "module:class" whose keyword options (after its networks and schedule) form `method:`.
-METHOD_CLASSES = {
-    "dpm": "pdae.methods.dpm:DPM", "pdae": "pdae.methods.pdae:PDAE",
-    "pdae_class": "pdae.methods.pdae:ClassConditionalPDAE",
-    "diffae": "pdae.methods.diffae:DiffAE", "latent": "pdae.methods.latent:LatentDPM",
-    "classifier": "pdae.methods.latent:LatentClassifier", "feature_net": "pdae.methods.latent:FeatureNetMethod",
-}
-# (method, nets key) -> ("module:class", arguments set by the data / prior, not by the config).
-NET_CLASSES = {
-    ("dpm", "unet"): ("pdae.nets.unet:UNet", ("in_channels",)),
-    ("pdae", "encoder"): ("pdae.nets.encoder:SemanticEncoder", ("image_size", "in_channels")),
-    ("pdae", "estimator"): ("pdae.nets.gradient_estimator:GradientEstimator", ("prior",)),
-    ("pdae_class", "estimator"): ("pdae.nets.gradient_estimator:GradientEstimator", ("prior", "num_classes")),
-    ("diffae", "model"): ("pdae.nets.cond_unet:DiffAEUNet", ("image_size", "in_channels")),
-    ("latent", "net"): ("pdae.nets.latent_mlp:LatentMLP", ("latent_dim",)),
-    ("classifier", "head"): ("pdae.nets.classifier:LinearHead", ("latent_dim", "num_outputs")),
-    ("feature_net", "net"): ("pdae.nets.classifier:FeatureNet", ("image_size", "in_channels", "num_classes")),
-}
+# The method class (whose keyword options after its networks and schedule form `method:`) and its networks
+# (`nets.<key>`: class and the arguments set by the data / prior, not by the config) come from the method
+# registry, pdae.methods.registry.
 
 
-def _load(ref: str) -> Any:
-    import importlib
+def _spec(method: str) -> Any:
+    from pdae.methods import registry
 
-    module, _, name = ref.partition(":")
-    return getattr(importlib.import_module(module), name)
+    return registry.get(method)
 
 
 def _options(cls: type, skip: int) -> dict[str, inspect.Parameter]:
@@ -305,19 +289,20 @@ def _check_range(key: str, value: Any, default: Any, where: str) -> None:
 
 def check_method_options(method: str, options: dict[str, Any], where: str = "config.method") -> None:
     """`method:` holds only keyword options of the method's class, of the right types (ConfigError)."""
-    cls = _load(METHOD_CLASSES[method])
+    cls = _spec(method).cls
     positional = [p for p in _options(cls, 0).values() if p.default is inspect.Parameter.empty]
     _check_options(cls, options, where, (), len(positional))
 
 
 def check_nets(method: str, nets: dict[str, Any], where: str = "config.nets") -> None:
     """Each `nets.<name>` is a mapping of known constructor arguments of the right types and ranges."""
-    known = sorted(key for m, key in NET_CLASSES if m == method)
+    spec_nets = _spec(method).nets
+    known = sorted(spec_nets)
     for name, kwargs in nets.items():
-        if (method, name) not in NET_CLASSES:
+        if name not in spec_nets:
             raise ConfigError(f"{where}.{name}: not used by method {method!r} (expected {', '.join(known)})")
-        ref, fixed = NET_CLASSES[(method, name)]
-        _check_options(_load(ref), kwargs if kwargs is not None else {}, f"{where}.{name}", fixed, 0)
+        net = spec_nets[name]
+        _check_options(net.cls, kwargs if kwargs is not None else {}, f"{where}.{name}", net.fixed, 0)
 
 
 def net_kwarg(method: str, nets: dict[str, Any], name: str, key: str) -> Any:
@@ -325,7 +310,7 @@ def net_kwarg(method: str, nets: dict[str, Any], name: str, key: str) -> Any:
     given = (nets.get(name) or {})
     if key in given:
         return given[key]
-    return _options(_load(NET_CLASSES[(method, name)][0]), 0)[key].default
+    return _options(_spec(method).nets[name].cls, 0)[key].default
 
 
 def check_depth(levels: int, image_size: int, where: str) -> None:
@@ -365,11 +350,14 @@ def check_run_config(method: str, cfg: RunConfig, dpm_dir: str | Path | None = N
     from pdae.data import resolve_spec
     from pdae.diffusion.schedule import Schedule
 
-    if method not in METHOD_CLASSES:
-        raise ConfigError(f"unknown method {method!r} (expected one of {', '.join(METHOD_CLASSES)})")
-    if check_inputs and method in ("pdae", "pdae_class") and dpm_dir is None:
+    from pdae.methods import registry
+
+    if method not in registry.names():
+        raise ConfigError(f"unknown method {method!r} (expected one of {', '.join(registry.names())})")
+    method_spec = registry.get(method)
+    if check_inputs and method_spec.needs == "dpm" and dpm_dir is None:
         raise ConfigError(f"method {method} needs a trained DPM (--dpm DIR)")
-    if check_inputs and method in ("latent", "classifier") and encoder_dir is None:
+    if check_inputs and method_spec.needs == "encoder" and encoder_dir is None:
         raise ConfigError(f"method {method} needs a trained autoencoder (--encoder DIR)")
     cfg.train.validate("config.train")
     spec = resolve_spec(cfg.data)
@@ -378,13 +366,13 @@ def check_run_config(method: str, cfg: RunConfig, dpm_dir: str | Path | None = N
         raise ConfigError(f"config.nets: expected a mapping, got {type(cfg.nets).__name__}")
     check_nets(method, cfg.nets)
     check_net_depths(method, cfg.nets, int(spec["image_size"]))
-    if method in ("dpm", "diffae", "latent") and cfg.diffusion:
+    if method_spec.diffusion is not None and cfg.diffusion:  # a schedule of its own (PDAE's is its prior's)
         try:
             Schedule.from_dict(cfg.diffusion)
         except (ValueError, TypeError, KeyError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ConfigError(f"config.diffusion: {first}") from None
-    if dpm_dir is not None and method in ("pdae", "pdae_class"):
+    if dpm_dir is not None and method_spec.needs == "dpm":
         config_json = Path(dpm_dir) / "config.json"
         try:
             unet = json.loads(config_json.read_text(encoding="utf-8"))["components"]["unet"]["kwargs"]
@@ -403,17 +391,15 @@ def check_memory(method_name: str, cfg: RunConfig, info: dict[str, Any], prior: 
 
     from pdae.run_control import TrainingError
 
-    fixed = {"in_channels": info["channels"], "image_size": info["image_size"],
-             "num_classes": info["num_classes"] or None, "prior": getattr(prior, "unet", None),
-             "latent_dim": getattr(encoder, "latent_dim", None),
-             "num_outputs": info["num_attributes"] if cfg.method.get("targets") == "attributes" else info["num_classes"]}
+    from pdae.methods import registry
+
+    fixed = registry.fixed_arguments(info, cfg.method, prior, encoder)
+    fixed["num_classes"] = lambda: info["num_classes"] or None
     total = 0
-    for (method, name), (ref, fixed_names) in NET_CLASSES.items():
-        if method != method_name:
-            continue
+    for name, net in registry.get(method_name).nets.items():
         try:
             with torch.device("meta"):
-                module = _load(ref)(**dict(cfg.nets.get(name) or {}), **{k: fixed[k] for k in fixed_names})
+                module = net.cls(**dict(cfg.nets.get(name) or {}), **{k: fixed[k]() for k in net.fixed})
         except Exception:  # noqa: BLE001 - the real build reports it
             return
         total += sum(p.numel() for p in module.parameters() if p.is_meta)

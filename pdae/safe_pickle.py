@@ -313,6 +313,14 @@ class OpaqueObject(metaclass=OpaqueClass):
         self.list_items.extend(list(items))
 
     @property
+    def name(self) -> str:
+        """The name of an enum member pickled by name (`getattr(EnumClass, "NAME")`); a member pickled by value
+        (`EnumClass(value)`) does not record its name."""
+        if self.member is None:
+            raise AttributeError(f"stand-in {type(self).dotted} object was not pickled by name")
+        return self.member
+
+    @property
     def value(self) -> Any:
         """The value of an enum member (pickled as `EnumClass(value)`)."""
         if self.member is not None:

@@ -38,11 +38,11 @@ from pdae.batches import (  # noqa: F401 - also importable from here (tests, ben
     IndexBatches, TensorPairs, batch_loader, data_info, dataset_targets, encode_dataset, epoch_permutation,
     global_indices,
 )
-from pdae.checkpoint import save_model_folder
+from pdae.checkpoint import load_method, save_model_folder
 from pdae.config import RunConfig, check_memory
 from pdae.data import random_hflip
 from pdae.device import resolve_device  # noqa: F401 - one resolver for every command (pdae.bench too)
-from pdae.methods import Method, build_method, export_method, load_method
+from pdae.methods import Method, build_method, export_method
 from pdae.optim import (  # noqa: F401 - also importable from here (pdae.bench, tests, benchmarks)
     EMA, Stepper, _make_optimizer, adam_optimizer, amp_enabled, channels_last_enabled, ema_decay_at, train_step,
 )

@@ -131,6 +131,38 @@ def test_every_method_class_declares_its_capabilities(models):
     assert Method().latent_dim is None and Method().record_label == "method" and not Method().is_diffusion
 
 
+def test_needs_condition_and_semantic_encoder_of_every_method(models):
+    """needs_condition: `denoiser()` without a condition is refused (Diff-AE, the class-conditional PDAE);
+    semantic_encoder: the network `encode` runs (PDAE's SemanticEncoder, Diff-AE's half U-Net), None elsewhere."""
+    assert {name for name, m in models.items() if m.needs_condition} == {"diffae", "pdae_class"}
+    for name, m in models.items():
+        assert m.needs_condition == (m.conditioning != "none" and not m.condition_optional), name
+        assert (m.semantic_encoder is not None) == m.has_encoder, name
+    x0 = torch.rand(2, INFO["channels"], INFO["image_size"], INFO["image_size"]) * 2 - 1
+    for name in ("pdae", "diffae"):
+        enc = models[name].semantic_encoder
+        assert enc.config["latent_dim"] == models[name].latent_dim == LATENT_DIM
+        assert any(enc is module for module in models[name].modules()), name  # a part of the method, not a copy
+        torch.testing.assert_close(enc(x0), models[name].encode(x0), atol=0, rtol=0)
+    assert Method().semantic_encoder is None and not Method().needs_condition
+
+
+def test_eval_reaches_no_method_internals():
+    """eval/ uses capabilities, not the networks inside a method (`pdae.estimator`, `diffae.model.encoder`,
+    `latent.stats.mean.shape[0]`, `dpm.unet`)."""
+    internals = {"estimator", "unet", "prior"}
+    hits = []
+    for f in sorted(EVAL_DIR.glob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if not isinstance(node, ast.Attribute):
+                continue
+            chain = ast.unparse(node)
+            if node.attr in internals or ".model.encoder" in chain or chain.endswith("stats.mean.shape"):
+                if not chain.startswith(("args.", "self.")):
+                    hits.append(f"{f.name}:{node.lineno}: {chain}")
+    assert hits == [], "eval/ reaches into a method's networks; ask a capability:\n" + "\n".join(sorted(set(hits)))
+
+
 def test_capability_checks_of_eval_accept_what_the_name_checks_accepted(models):
     """The refactor keeps every model flag and check: the same methods pass as under the old name lists."""
     def accepted(test) -> set[str]:
@@ -206,3 +238,29 @@ def test_models_that_are_not_diffusion_models_have_no_eps(models):
     for name in ("classifier", "feature_net"):
         with pytest.raises(NotImplementedError, match="not a diffusion decoder"):
             models[name].predict_eps(x_t, t)
+
+
+# ------------------------------------------------------------------------------------------------
+# DDIM encoding and decoding side by side (eval.ddim_codec), reached through capabilities only.
+
+
+def test_ddim_encode_and_decode_live_in_one_module_and_keep_their_old_names(models):
+    from eval import ddim_codec, reconstruct, sample
+
+    assert reconstruct.infer_x_T is ddim_codec.infer_x_T
+    assert sample.decode is reconstruct.decode is ddim_codec.decode
+    assert sample.model_device is ddim_codec.model_device
+    x0 = torch.rand(3, INFO["channels"], INFO["image_size"], INFO["image_size"]) * 2 - 1
+    for name in ("dpm", "pdae", "diffae"):
+        m = models[name]
+        z = m.encode(x0) if m.has_encoder else None
+        x_T = ddim_codec.infer_x_T(m, x0, z, 5, batch_size=2)
+        assert x_T.shape == x0.shape and torch.isfinite(x_T).all(), name
+        rec = ddim_codec.decode(m, z, x_T, 5, batch_size=2)
+        assert rec.shape == x0.shape and torch.isfinite(rec).all(), name
+    with pytest.raises(ValueError, match="needs z"):
+        ddim_codec.infer_x_T(models["pdae"], x0, None, 5)
+    with pytest.raises(ValueError, match="needs a condition"):
+        ddim_codec.decode(models["diffae"], None, x0, 5)
+    with pytest.raises(ValueError, match="takes no"):
+        ddim_codec.decode(models["dpm"], torch.zeros(3, LATENT_DIM), x0, 5)

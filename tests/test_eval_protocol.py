@@ -170,7 +170,8 @@ def test_eval_data_folder_replaces_the_model_data_path(folders, tmp_path):
     from pdae.methods import load_method
 
     spec = common.data_spec(load_method(folders["pdae"], "cpu"), str(folder))
-    assert spec["path"] == str(folder) and spec["name"] == "digits"
+    # A folder of images for a model of digits: an image-folder spec at the model's size (a digits spec has no path).
+    assert spec == {"name": "folder", "path": str(folder), "image_size": 8, "channels": 1}
     celebahq = {"name": "lmdb", "variant": "celebahq", "path": "data/celebahq256.lmdb", "image_size": 128}
     assert common.data_slug(celebahq) == "celebahq128"
     assert common.describe_data(celebahq) == "celebahq128 (lmdb data/celebahq256.lmdb)"

@@ -336,3 +336,24 @@ def test_confident_fraction_counts_samples_above_threshold() -> None:
     x[:, 0, 0, 0] = torch.tensor([0.0, 0.05, 0.2, -0.5])  # p_max = 0.5, 0.73, 0.98, 1.0
     assert confident_fraction(Fixed(), x, threshold=0.9) == 0.5
     assert confident_fraction(Fixed(), x, threshold=0.5) == 1.0
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["ref-stats", "--selection", "last"], "--selection"),
+    (["ref-stats", "--selection", "random", "--selection-seed", "x"], "--selection-seed"),
+    (["ref-stats", "--data", "missing.yaml", "--selection", "random", "--selection-seed", "-1"], "--selection-seed"),
+    (["reconstruct", "--model", "m", "--split", "val"], "--split"),
+    (["uncond", "--dpm", "m", "--clip-latent", "yes"], "--clip-latent"),
+    (["fewshot", "--autoencoder", "a", "--latent", "l", "--scenario", "binary", "--clip-latent", "1"],
+     "--clip-latent"),
+])
+def test_bad_protocol_option_is_a_one_line_error_naming_the_flag(argv, flag, tmp_path, capsys):
+    """Issue 13's protocol options: a bad value is one `error:` line naming the flag, exit status 2, no output."""
+    out = tmp_path / "out.json"
+    try:
+        code = cli.main([*argv, "--out", str(out), "--device", "cpu"])
+    except SystemExit as exc:  # argparse rejects the value before any command runs
+        code = exc.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error:") and flag in err and len(err.splitlines()) == 1, err
+    assert "Traceback" not in err and not out.exists()

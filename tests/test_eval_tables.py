@@ -328,3 +328,41 @@ def _cell_colours(page: str, table: str) -> dict[tuple[int, int], str]:
         for row, col in re.findall(rf"#T_{table}_row(\d+)_col(\d+)", selectors):
             out[(int(row), int(col))] = colour
     return out
+
+
+def test_golden_records_with_protocol_fields_name_the_protocol_and_keep_the_numbers(tmp_path: Path) -> None:
+    """The golden records carrying the protocol fields that reconstruct / uncond / fewshot now write (issue 13):
+    the same rows and numbers as the golden CSVs (protocol columns are added, nothing is split or merged), and
+    Tables 1-3 name their protocol under the Markdown, LaTeX and HTML tables (a shared value) or in a column."""
+    from eval.reconstruct import step_rule
+
+    protocol = {
+        # The FFHQ128 model's rows: the paper's Table 1 setting (all CelebA-HQ images), so its numbers still match.
+        "recon": lambda r: {**({"eval_data": "digits8", "split": "test"} if r["dataset"] == "digits" else
+                               {"eval_data": "celebahq128", "split": "all"}), "n_images": 64, "step_rule": step_rule(r)},
+        "uncond": lambda r: {"eval_data": "digits8", "ref_images": 20, "ref_split": "train",
+                             "ref_selection": "random (seed 0)", "clip_latent": True if r["method"] in ("pdae", "diffae") else "-",
+                             "step_rule": "latent T -> decode T" if r["method"] in ("pdae", "diffae") else "-"},
+        "fewshot": lambda r: {"attribute": "Male", "eval_data": "digits8", "split": "train", "ref_images": 30},
+    }
+    rows = [{**r, **protocol[r["table"]](r)} if r["table"] in protocol else r
+            for r in tables.load_rows([GOLDEN / "records.json"])]
+    tables.write_tables(rows, tmp_path)
+    for table in protocol:
+        old = pd.read_csv(GOLDEN / "golden" / f"{table}.csv", keep_default_na=False)
+        new = pd.read_csv(tmp_path / f"{table}.csv", keep_default_na=False)
+        assert set(new.columns) - set(old.columns) <= set(tables.PROTOCOL_COLUMNS) | {"attribute"}, table
+        pd.testing.assert_frame_equal(new[list(old.columns)], old, check_dtype=False)
+        md, tex = (tmp_path / f"{table}.md").read_text(), (tmp_path / f"{table}.tex").read_text()
+        html = (tmp_path / f"{table}.html").read_text()
+        assert "protocol: " in md and "protocol: " in tex and "protocol: " in html and "backend(s): " in md, table
+        if table != "recon":
+            assert "protocol: eval_data = digits8" in md and "protocol: eval\\_data = digits8" in tex, table
+    recon_md = (tmp_path / "recon.md").read_text()
+    assert "protocol: n_images = 64; backend(s): " in recon_md  # data, split and step rule differ between rows
+    assert {"eval_data", "split", "step_rule"} <= {c.strip() for c in recon_md.splitlines()[2].split("|")}
+    assert "| celebahq128 | all |" in recon_md and "| digits8 | test |" in recon_md
+    assert "ref_selection = random (seed 0); step_rule = latent T -> decode T; clip_latent = True;" in (
+        tmp_path / "uncond.md").read_text()
+    assert "attribute = Male" not in (tmp_path / "fewshot.md").read_text()  # a key: shown as a column
+    assert "attribute" in (tmp_path / "fewshot.md").read_text().splitlines()[2]

@@ -279,7 +279,7 @@ def test_enum_pickled_by_name_in_hyper_parameters_imports(tmp_path, monkeypatch,
 
     loaded = safe_torch_load(path)["hyper_parameters"]["model_name"]
     assert isinstance(loaded, OpaqueObject) and type(loaded).dotted == f"{mod.__name__}.ModelName"
-    assert loaded.member == "beatgans_autoenc" and plain(loaded) == "beatgans_autoenc"
+    assert loaded.member == loaded.name == "beatgans_autoenc" and plain(loaded) == "beatgans_autoenc"
     assert repr(loaded) == f"<stand-in {mod.__name__}.ModelName.beatgans_autoenc>"
     with pytest.raises(AttributeError, match="pickled by name"):
         loaded.value

@@ -43,11 +43,27 @@ def test_paper_config_dry_run_with_placeholder_data(config: Path, tmp_path: Path
     placeholder = tmp_path / f"{slug}.lmdb"
     placeholder.mkdir()
     cfg["dataset_settings"][slug]["data_path"] = str(placeholder)
+    recon_data = cfg["dataset_settings"][slug].get("recon_data")
+    if recon_data:  # Table 1 on another dataset (ffhq128: all CelebA-HQ): its spec, pointed at a placeholder
+        spec = yaml.safe_load((REPO / recon_data["spec"]).read_text())
+        (tmp_path / "recon.lmdb").mkdir()
+        spec["data"]["path"] = str(tmp_path / "recon.lmdb")
+        (tmp_path / "recon.yaml").write_text(yaml.safe_dump(spec))
+        recon_data["spec"] = str(tmp_path / "recon.yaml")
     patched = tmp_path / "config.yaml"
     patched.write_text(yaml.safe_dump(cfg))
-    proc = snakemake("-n", "--configfile", str(patched))
+    proc = snakemake("-n", "-p", "--configfile", str(patched))
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert re.search(r"train_dpm\s+1", proc.stdout) and "make_claims" in proc.stdout
+    # The paper's protocol: pytorch-fid, a random 50k reference (seed 0), PDAE's latent clamp, ddim1000 encoding.
+    commands = proc.stdout
+    assert "--fid-backend pytorch-fid" in commands and "--selection random --selection-seed 0" in commands
+    assert "--clip-latent on" in commands and "--encode-steps same 1000" in commands
+    if recon_data:
+        assert f"--data {recon_data['spec']} --split all" in commands
+    attrs = cfg["dataset_settings"][slug]["fewshot"].get("attributes")
+    if attrs and "fewshot" in cfg["dataset_settings"][slug]["evaluations"]:  # celeba64: D2C's Male and Blond_Hair
+        assert re.search(rf"evaluate_fewshot_attribute\s+{4 * len(attrs)}\b", commands)
 
 
 def test_wrong_config_fails_before_any_job_naming_the_key(tmp_path: Path) -> None:

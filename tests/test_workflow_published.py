@@ -187,20 +187,11 @@ def test_rerun_does_nothing(published_run):
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
 
-@pytest.mark.parametrize("config", PUBLISHED, ids=[p.stem for p in PUBLISHED])
-def test_published_paper_config_lists_import_and_evaluation_jobs_only(config: Path, tmp_path: Path) -> None:
-    cfg = yaml.safe_load(config.read_text())
+def placeholder_work(cfg: dict, tmp_path: Path) -> Path:
+    """A work folder with a placeholder for every download and dataset of a published paper config (pdae-* an
+    empty folder, diffae-* an empty file), its config as config/config.yaml."""
     (slug,) = cfg["datasets"]
     settings = cfg["dataset_settings"][slug]
-    # Nothing downloaded: one line naming the first missing file.
-    missing = run_snakemake("-n", "--configfile", str(config), cwd=REPO)
-    out = missing.stdout + missing.stderr
-    assert missing.returncode != 0
-    first = next(iter(settings["published"]))
-    line = f"config: dataset_settings.{slug}.published.{first}.path: {settings['published'][first]['path']} not found"
-    assert line in out and "Traceback" not in out, out[-2000:]
-
-    # Placeholders for every download and dataset, in a copy of the repository's configs.
     work = tmp_path / "work"
     (work / "config").mkdir(parents=True)
     for entry in settings["published"].values():
@@ -225,6 +216,23 @@ def test_published_paper_config_lists_import_and_evaluation_jobs_only(config: Pa
         (work / yaml.safe_load(text)["data"]["path"]).mkdir(parents=True, exist_ok=True)
     settings["train_configs"] = str(REPO / settings["train_configs"])
     (work / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return work
+
+
+@pytest.mark.parametrize("config", PUBLISHED, ids=[p.stem for p in PUBLISHED])
+def test_published_paper_config_lists_import_and_evaluation_jobs_only(config: Path, tmp_path: Path) -> None:
+    cfg = yaml.safe_load(config.read_text())
+    (slug,) = cfg["datasets"]
+    settings = cfg["dataset_settings"][slug]
+    # Nothing downloaded: one line naming the first missing file.
+    missing = run_snakemake("-n", "--configfile", str(config), cwd=REPO)
+    out = missing.stdout + missing.stderr
+    assert missing.returncode != 0
+    first = next(iter(settings["published"]))
+    line = f"config: dataset_settings.{slug}.published.{first}.path: {settings['published'][first]['path']} not found"
+    assert line in out and "Traceback" not in out, out[-2000:]
+
+    work = placeholder_work(cfg, tmp_path)
     proc = run_snakemake("--snakefile", str(REPO / "Snakefile"), "--directory", str(work), "-n", "-p")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     jobs = job_counts(proc.stdout)
@@ -243,3 +251,35 @@ def test_published_paper_config_lists_import_and_evaluation_jobs_only(config: Pa
     assert "--encode-steps same 1000" in commands
     if slug == "ffhq128":  # Table 1 on all CelebA-HQ images
         assert "--data config/data/celebahq128.yaml --split all" in commands
+
+
+def test_published_entry_of_the_wrong_kind_layout_or_option_fails_in_one_line(tmp_path: Path) -> None:
+    cfg = yaml.safe_load((REPO / "config" / "paper" / "ffhq128_published.yaml").read_text())
+    pub = cfg["dataset_settings"]["ffhq128"]["published"]
+    pub["pdae"]["kind"] = "diffae-autoencoder"                    # the PDAE autoencoder named with a Diff-AE kind
+    work = placeholder_work(cfg, tmp_path / "kind")
+    proc = run_snakemake("--snakefile", str(REPO / "Snakefile"), "--directory", str(work), "-n")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in out
+    assert ("config: dataset_settings.ffhq128.published.pdae.kind: diffae-autoencoder is not a pdae "
+            "(expected pdae-autoencoder)") in out, out[-2000:]
+
+    cfg = yaml.safe_load((REPO / "config" / "paper" / "ffhq128_published.yaml").read_text())
+    pub = cfg["dataset_settings"]["ffhq128"]["published"]
+    work = placeholder_work(cfg, tmp_path / "layout")
+    pub["diffae"]["path"] = "checkpoints/ffhq128_autoenc_130M"     # the folder, not its last.ckpt
+    (work / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    proc = run_snakemake("--snakefile", str(REPO / "Snakefile"), "--directory", str(work), "-n")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in out
+    assert ("config: dataset_settings.ffhq128.published.diffae.path: checkpoints/ffhq128_autoenc_130M is a folder; "
+            "diffae-autoencoder reads a Lightning file (last.ckpt)") in out, out[-2000:]
+
+    cfg = yaml.safe_load((REPO / "config" / "paper" / "ffhq128_published.yaml").read_text())
+    cfg["dataset_settings"]["ffhq128"]["published"]["diffae"]["latents"] = "trained-models/latents/ffhq.pt"
+    work = placeholder_work(cfg, tmp_path / "option")
+    proc = run_snakemake("--snakefile", str(REPO / "Snakefile"), "--directory", str(work), "-n")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in out
+    assert ("config: dataset_settings.ffhq128.published.diffae.latents: applies to pdae-latent only, "
+            "not diffae-autoencoder") in out, out[-2000:]

@@ -119,7 +119,8 @@ def load_prior(kind: str, path: str | Path, device: str | torch.device = "cpu", 
     :param kind: "native" (our model folder of a trained/imported DPM), "diffusers" (a pipeline folder,
         `load_diffusers_prior`) or "adm" (an openai checkpoint; opts `flags`, `family`, `load_adm_prior`).
     """
-    from pdae.methods import DPM, load_method
+    from pdae.checkpoint import load_method
+    from pdae.methods import DPM
 
     if kind not in PRIOR_KINDS:
         raise ValueError(f"prior kind {kind!r} unknown; expected one of {PRIOR_KINDS}")

@@ -6,8 +6,9 @@ the `(eps_fn, shift_fn)` pair that `pdae.diffusion.sampling` takes: the plain DP
 differ only in those callables.
 
 Evaluations ask a method what it can do through a few capabilities instead of switching on its `name`:
-`is_diffusion`, `has_encoder`, `latent_dim`, `conditioning` / `condition_optional`, `has_shift`,
-`num_classes`, `record_label`, and `predict_eps(x_t, t, cond)` (the eps estimates of the posterior-mean gap).
+`is_diffusion`, `has_encoder`, `semantic_encoder`, `latent_dim`, `conditioning` / `condition_optional` /
+`needs_condition`, `has_shift`, `num_classes`, `record_label`, `denoiser(cond)` and `predict_eps(x_t, t, cond)`
+(the eps estimates of the posterior-mean gap: eps and eps_hat).
 """
 
 from __future__ import annotations
@@ -88,6 +89,16 @@ class Method(nn.Module):
         the method's name, except that the plain DPM's rows are labelled "ddim" (DDIM sampling of it)."""
         return self.name
 
+    @property
+    def needs_condition(self) -> bool:
+        """`denoiser` must be given a condition (Diff-AE's z, the class-conditional PDAE's labels)."""
+        return self.conditioning != "none" and not self.condition_optional
+
+    @property
+    def semantic_encoder(self) -> nn.Module | None:
+        """The network `encode` runs (PDAE's encoder, Diff-AE's half U-Net), e.g. for a linear probe; None without one."""
+        return None
+
     def __init__(self) -> None:
         super().__init__()
         self.method_kwargs: dict[str, Any] = {}
@@ -115,6 +126,20 @@ class Method(nn.Module):
         if isinstance(draws, torch.Generator):
             draws = self.draw(x, draws)
         return self.loss_from(x, y, draws)
+
+    # Construction (`pdae.methods.registry`): from the networks `build_method` makes from a config, or from the
+    # components a model folder stores (`components()` of the saved method), with the same call.
+    @classmethod
+    def from_components(cls, parts: dict[str, nn.Module], schedule: Schedule | None, options: dict[str, Any]) -> Method:
+        """The method from its components (name -> module, as `components()` names them; a folder may hold more
+        than the constructor takes), its diffusion schedule (None without one) and its keyword `options`
+        (`method_kwargs`)."""
+        raise NotImplementedError(f"{cls.__name__} does not say how to assemble it from its components")
+
+    @classmethod
+    def check_data(cls, data_info: dict[str, Any], options: dict[str, Any]) -> None:
+        """Refuse training data the method cannot learn from (ValueError), before any network is built.
+        `data_info`: `image_size`, `channels`, `num_classes`, `num_attributes`."""
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

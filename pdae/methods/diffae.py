@@ -35,6 +35,14 @@ class DiffAE(Method):
     def latent_dim(self) -> int:
         return int(self.model.config["latent_dim"])
 
+    @property
+    def semantic_encoder(self) -> nn.Module:
+        return self.model.encoder
+
+    @classmethod
+    def from_components(cls, parts, schedule, options):
+        return cls(parts["model"], schedule, **options)  # an imported folder's latent statistics are not Diff-AE's
+
     def components(self) -> dict[str, nn.Module]:
         return {"model": self.model}
 

@@ -28,6 +28,10 @@ class DPM(Method):
         eps = self.unet.eps_from_output(self.unet(q_sample(self.schedule, x, t, noise), t))
         return per_sample_mean((noise - eps).float() ** 2)
 
+    @classmethod
+    def from_components(cls, parts, schedule, options):
+        return cls(parts["unet"], schedule, **options)
+
     def components(self) -> dict[str, nn.Module]:
         return {"unet": self.unet}
 

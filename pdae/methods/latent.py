@@ -12,14 +12,15 @@ from torch import Tensor, nn
 from pdae.diffusion.gaussian import q_sample
 from pdae.diffusion.schedule import Schedule
 from pdae.methods.base import Method, per_sample_mean
+from pdae.nets.configurable import register_to_config
 
 
 class LatentStats(nn.Module):
     """Per-dimension mean and std of the training latents; z_n = (z - mean) / std."""
 
+    @register_to_config
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.config = {"dim": dim}
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("std", torch.ones(dim))
 
@@ -57,6 +58,13 @@ class LatentDPM(Method):
         """D of the latents it models (its dataset statistics)."""
         return int(self.stats.mean.shape[0])
 
+    @classmethod
+    def from_components(cls, parts, schedule, options):
+        method = cls(parts["net"], schedule, int(parts["net"].config["latent_dim"]), **options)
+        if "stats" in parts:  # a fresh one has none yet: training sets them from the encoder's latents
+            method.stats.load_state_dict(parts["stats"].state_dict())
+        return method
+
     def components(self) -> dict[str, nn.Module]:
         return {"net": self.net, "stats": self.stats}
 
@@ -90,6 +98,13 @@ class LatentClassifier(Method):
             return bce.mean(dim=1)
         return nn.functional.cross_entropy(logits.float(), y.long(), reduction="none")
 
+    @classmethod
+    def from_components(cls, parts, schedule, options):
+        method = cls(parts["head"], int(parts["head"].config["latent_dim"]), **options)
+        if "stats" in parts:
+            method.stats.load_state_dict(parts["stats"].state_dict())
+        return method
+
     def components(self) -> dict[str, nn.Module]:
         return {"head": self.head, "stats": self.stats}
 
@@ -114,6 +129,15 @@ class FeatureNetMethod(Method):
 
     def loss_from(self, x: Tensor, y: Tensor, draws: dict[str, Tensor]) -> Tensor:
         return nn.functional.cross_entropy(self.net(x).float(), y.long(), reduction="none")
+
+    @classmethod
+    def check_data(cls, data_info, options):
+        if not data_info.get("num_classes"):
+            raise ValueError("method feature_net: the dataset has no class labels")
+
+    @classmethod
+    def from_components(cls, parts, schedule, options):
+        return cls(parts["net"], **options)
 
     def components(self) -> dict[str, nn.Module]:
         return {"net": self.net}

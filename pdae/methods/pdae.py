@@ -56,6 +56,10 @@ class PDAE(Method):
         return int(self.encoder.config["latent_dim"]) if self.encoder is not None else None
 
     @property
+    def semantic_encoder(self) -> nn.Module | None:
+        return self.encoder
+
+    @property
     def conditional_on_label(self) -> bool:
         return self.encoder is None
 
@@ -68,6 +72,10 @@ class PDAE(Method):
         eps, g = self.estimator(x_t, t, self.condition(x, y))
         eps_hat = eps + extract(self.shift_coef, t, x.shape) * g
         return extract(self.loss_weight, t, (x.shape[0],)) * per_sample_mean((noise - eps_hat).float() ** 2)
+
+    @classmethod
+    def from_components(cls, parts, schedule, options):
+        return cls(parts["encoder"], parts["estimator"], schedule, **options)  # the prior: parts["estimator"].prior
 
     def components(self) -> dict[str, nn.Module]:
         parts = {"prior": self.prior, "estimator": self.estimator}
@@ -102,6 +110,10 @@ class ClassConditionalPDAE(PDAE):
 
     def __init__(self, estimator: nn.Module, schedule: Schedule, gamma: float = 0.1, weighting: str = "snr") -> None:
         super().__init__(None, estimator, schedule, gamma, weighting)
+
+    @classmethod
+    def from_components(cls, parts, schedule, options):
+        return cls(parts["estimator"], schedule, **options)
 
     @property
     def num_classes(self) -> int:

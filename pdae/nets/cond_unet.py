@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pdae.nets.configurable import register_to_config
 from pdae.nets.latent_mlp import DIFFAE_LATENT_PREFIX
 from pdae.nets.layers import (
     AttentionBlock,
@@ -148,6 +148,7 @@ class DiffAEEncoder(nn.Module):
     :param latent_dim: width of z.
     """
 
+    @register_to_config
     def __init__(
         self,
         image_size: int,
@@ -167,18 +168,7 @@ class DiffAEEncoder(nn.Module):
         attention_ds = attention_factors(
             attention_resolutions, len(channel_mult), "DiffAEEncoder", "attention_resolutions", image_size
         )
-        self.config: dict[str, Any] = {
-            "image_size": image_size,
-            "in_channels": in_channels,
-            "base_channels": base_channels,
-            "channel_mult": list(channel_mult),
-            "num_res_blocks": num_res_blocks,
-            "attention_resolutions": list(attention_resolutions),
-            "num_heads": num_heads,
-            "head_channels": head_channels,
-            "new_attention_order": new_attention_order,
-            "latent_dim": latent_dim,
-        }
+        self.config.update(channel_mult=list(channel_mult), attention_resolutions=list(attention_resolutions))
         self.image_size = image_size
         self.in_channels = in_channels
         attention = partial(
@@ -241,6 +231,7 @@ class DiffAEUNet(nn.Module):
     :param enc_num_res_blocks: ResBlocks per level in the encoder.
     """
 
+    @register_to_config
     def __init__(
         self,
         image_size: int,
@@ -268,23 +259,11 @@ class DiffAEUNet(nn.Module):
         attention_factors(  # the encoder's, named by this network's key
             enc_attention_resolutions, len(enc_channel_mult), "DiffAEUNet", "enc_attention_resolutions", image_size
         )
-        self.config: dict[str, Any] = {
-            "image_size": image_size,
-            "in_channels": in_channels,
-            "base_channels": base_channels,
-            "channel_mult": list(channel_mult),
-            "num_res_blocks": num_res_blocks,
-            "attention_resolutions": list(attention_resolutions),
-            "num_heads": num_heads,
-            "dropout": dropout,
-            "latent_dim": latent_dim,
-            "enc_channel_mult": [int(m) for m in enc_channel_mult],
-            "enc_attention_resolutions": [int(r) for r in enc_attention_resolutions],
-            "embed_channels": embed_channels,
-            "head_channels": head_channels,
-            "new_attention_order": new_attention_order,
-            "enc_num_res_blocks": enc_num_res_blocks,
-        }
+        self.config.update(  # as ints
+            channel_mult=list(channel_mult), attention_resolutions=list(attention_resolutions),
+            enc_channel_mult=[int(m) for m in enc_channel_mult],
+            enc_attention_resolutions=[int(r) for r in enc_attention_resolutions],
+        )
         self.image_size = image_size
         self.in_channels = in_channels
         self.base_channels = base_channels

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
 
+from pdae.nets.configurable import register_to_config
 from pdae.nets.layers import AttentionBlock, normalization
 
 __all__ = ["SemanticEncoder"]
@@ -40,6 +40,7 @@ class SemanticEncoder(nn.Module):
     :param num_heads: attention heads.
     """
 
+    @register_to_config
     def __init__(
         self,
         image_size: int,
@@ -66,14 +67,7 @@ class SemanticEncoder(nn.Module):
             raise ValueError(
                 f"SemanticEncoder: attention_resolutions {bad} not among the conv outputs {resolutions}"
             )
-        self.config: dict[str, Any] = {
-            "image_size": image_size,
-            "in_channels": in_channels,
-            "latent_dim": latent_dim,
-            "channels": list(channels),
-            "attention_resolutions": list(attention_resolutions),
-            "num_heads": num_heads,
-        }
+        self.config.update(channels=list(channels), attention_resolutions=list(attention_resolutions))  # as ints
         self.image_size = image_size
         self.in_channels = in_channels
         self.latent_dim = latent_dim

@@ -9,11 +9,11 @@ pre-trained DPM (any `FrozenPrior`) and conditioned on the semantic code z throu
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
 
 import torch
 from torch import nn
 
+from pdae.nets.configurable import register_to_config
 from pdae.nets.layers import AttentionBlock, EmbedSequential, ResBlock, normalization, zero_module
 from pdae.nets.prior import FrozenPrior, PriorFeatures
 from pdae.nets.unet import build_output_blocks
@@ -75,6 +75,10 @@ class GradientEstimator(nn.Module):
     :param dropout: dropout in the new ResBlocks; None uses the prior's (as the official code).
     """
 
+    #: constructor arguments that are other components of the same model folder (pdae.checkpoint.build_components)
+    component_inputs = {"prior": "prior"}
+
+    @register_to_config(ignore=("prior",))
     def __init__(
         self,
         prior: FrozenPrior,
@@ -87,11 +91,7 @@ class GradientEstimator(nn.Module):
             raise TypeError(f"GradientEstimator: prior must be a FrozenPrior, got {type(prior).__name__}")
         layout = prior.feature_layout()
         dropout = layout.dropout if dropout is None else dropout
-        self.config: dict[str, Any] = {
-            "latent_dim": latent_dim,
-            "num_classes": num_classes,
-            "dropout": dropout,
-        }
+        self.config.update(dropout=dropout)  # None -> the prior's
         self.prior = prior
         self.prior.requires_grad_(False)
         self.prior.eval()

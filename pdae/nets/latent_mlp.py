@@ -13,11 +13,11 @@ Notation: z_t -> noisy normalised semantic latent [N, D]; t -> timestep index [N
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 from torch import nn
 
+from pdae.nets.configurable import register_to_config
 from pdae.nets.layers import timestep_embedding
 
 __all__ = ["DIFFAE_LATENT_PREFIX", "LatentMLP", "LatentMLPLayer", "diffae_latent_state_dict"]
@@ -94,6 +94,7 @@ class LatentMLP(nn.Module):
     :param use_norm: LayerNorm in the hidden layers.
     """
 
+    @register_to_config
     def __init__(
         self,
         latent_dim: int = 512,
@@ -112,15 +113,6 @@ class LatentMLP(nn.Module):
                 f"LatentMLP: widths must be positive, got latent_dim={latent_dim}, hidden={hidden}, "
                 f"time_dim={time_dim}, time_out={time_out}"
             )
-        self.config: dict[str, Any] = {
-            "latent_dim": latent_dim,
-            "hidden": hidden,
-            "num_layers": num_layers,
-            "time_dim": time_dim,
-            "time_out": time_out,
-            "dropout": dropout,
-            "use_norm": use_norm,
-        }
         self.latent_dim = latent_dim
         self.time_dim = time_dim
         self.time_embed = nn.Sequential(

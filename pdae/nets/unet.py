@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pdae.nets.configurable import register_to_config
 from pdae.nets.layers import (
     AttentionBlock,
     EmbedSequential,
@@ -78,6 +79,7 @@ class UNet(FrozenPrior):
     :param num_classes: class-conditional prior: adds `label_emb` (nn.Embedding) to the time embedding.
     """
 
+    @register_to_config
     def __init__(
         self,
         in_channels: int = 3,
@@ -95,19 +97,7 @@ class UNet(FrozenPrior):
         super().__init__()
         channel_mult = adm_levels(channel_mult, num_res_blocks, "UNet")
         attention_ds = attention_factors(attention_ds, len(channel_mult), "UNet", "attention_ds")
-        self.config: dict[str, Any] = {
-            "in_channels": in_channels,
-            "base_channels": base_channels,
-            "channel_mult": list(channel_mult),
-            "num_res_blocks": num_res_blocks,
-            "attention_ds": list(attention_ds),
-            "num_heads": num_heads,
-            "head_channels": head_channels,
-            "new_attention_order": new_attention_order,
-            "dropout": dropout,
-            "learn_sigma": learn_sigma,
-            "num_classes": num_classes,
-        }
+        self.config.update(channel_mult=list(channel_mult), attention_ds=list(attention_ds))  # as ints
         self.base_channels = base_channels
         self.num_classes = num_classes
         emb_dim = 4 * base_channels

@@ -61,6 +61,9 @@ PUBLISHED_EVAL_NEEDS = {
     "fewshot": ("pdae", "diffae", "pdae_latent", "diffae_latent"), "interpolation": ("pdae", "diffae"),
     "probe": ("pdae", "diffae"), "manipulation": None, "truncation": None, "efficiency": None, "ablation": None,
 }
+# The `pdae import` kinds each model may come from; pdae-* read the official folder, diffae-* a Lightning file.
+PUBLISHED_KINDS = {"dpm": ("pdae-dpm", "diffae-ddim"), "pdae": ("pdae-autoencoder",), "diffae": ("diffae-autoencoder",),
+                   "pdae_latent": ("pdae-latent",), "diffae_latent": ("diffae-latent",)}
 
 
 def published(dataset):
@@ -82,9 +85,21 @@ for _name in DATASETS:
     if "dpm" in _pub and config["dataset_settings"][_name]["prior"].get("path"):
         _fail(f"config: dataset_settings.{_name}: give the DPM as prior.path or as published.dpm, not both")
     for _key, _entry in _pub.items():
+        _where = f"config: dataset_settings.{_name}.published.{_key}"
+        if _entry["kind"] not in PUBLISHED_KINDS[_key]:
+            _fail(f"{_where}.kind: {_entry['kind']} is not a {_key} (expected {' or '.join(PUBLISHED_KINDS[_key])})")
+        for _field, _kinds in (("latents", ("pdae-latent",)), ("dpm_config", ("pdae-autoencoder",)),
+                               ("preset", ("diffae-ddim", "diffae-autoencoder", "diffae-latent"))):
+            if _entry.get(_field) and _entry["kind"] not in _kinds:
+                _fail(f"{_where}.{_field}: applies to {' or '.join(_kinds)} only, not {_entry['kind']}")
         for _field in ("path", "latents"):
             if _entry.get(_field) and not Path(_entry[_field]).exists():
-                _fail(f"config: dataset_settings.{_name}.published.{_key}.{_field}: {_entry[_field]} not found")
+                _fail(f"{_where}.{_field}: {_entry[_field]} not found")
+        _want_dir = _entry["kind"].startswith("pdae-")
+        if Path(_entry["path"]).is_dir() != _want_dir:
+            _reads = "the official folder (config.yml + checkpoint.pt)" if _want_dir else "a Lightning file (last.ckpt)"
+            _is = "a file" if _want_dir else "a folder"
+            _fail(f"{_where}.path: {_entry['path']} is {_is}; {_entry['kind']} reads {_reads}")
         PUBLISHED[f"{_name}/{PUBLISHED_PARTS[_key]}"] = _entry
 
 
