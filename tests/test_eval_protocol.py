@@ -4,6 +4,7 @@ name what was evaluated. Defaults keep the previous behaviour (checked against t
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -144,7 +145,7 @@ def test_reconstruct_data_errors_are_one_line(folders, tmp_path, capsys):
              (["--split", "everything"], None)]
     for extra, message in cases:
         capsys.readouterr()
-        with pytest.raises(SystemExit) if message is None else _nothing():
+        with pytest.raises(SystemExit) if message is None else contextlib.nullcontext():
             code = eval_main(["reconstruct", "--model", str(folders["pdae"]), "--steps", "2", "--num-images", "2",
                               "--out", str(tmp_path / "o.json"), *extra, *backend(folders)])
             assert code == 2
@@ -154,14 +155,6 @@ def test_reconstruct_data_errors_are_one_line(folders, tmp_path, capsys):
         else:
             assert "--split" in err and "Traceback" not in err
         assert not (tmp_path / "o.json").exists()
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def test_eval_data_folder_replaces_the_model_data_path(folders, tmp_path):
