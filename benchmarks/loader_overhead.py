@@ -68,7 +68,7 @@ def measure(dataset: torch.utils.data.Dataset, workers: int, batch: int, chunk: 
     """Per-batch loader wait and step time of the FFHQ128 PDAE step consuming the loader's batches."""
     pdae = build_methods("ffhq128")["pdae"].to(device).train()
     use_amp = amp_enabled("auto", device, "images")
-    nhwc = channels_last_enabled("auto", device, "images", use_amp)
+    nhwc = channels_last_enabled("auto", device, "images", use_amp, 128)
     if nhwc:
         pdae.to(memory_format=torch.channels_last)
     params = pdae.trainable_parameters()

@@ -110,7 +110,7 @@ def agreement(pdae: Any, x0: torch.Tensor, x_T: torch.Tensor, z: torch.Tensor, s
         ref_eps, ref_g = shift_fn(x_t, t)
         ref_sample = decode(pdae, z, x_T, steps, batch_size=n, precision="fp32")
         for prec in ("bf16",):
-            with precision.memory_format(pdae, torch.device("cpu"), prec):
+            with precision.memory_format(pdae, torch.device("cpu"), prec, x_t.shape[-1]):
                 eps, g = precision.wrap(shift_fn, torch.device("cpu"), prec)(x_t, t)
             sample = decode(pdae, z, x_T, steps, batch_size=n, precision=prec)
             out["bf16_cl"] = {

@@ -61,7 +61,7 @@ def infer_x_T(
     if method.has_encoder and z is None:
         raise ValueError(f"infer_x_T: method {method.name} needs z = encode(x0)")
     out = []
-    with torch.inference_mode(), precision_mod.memory_format(method, device, precision):
+    with torch.inference_mode(), precision_mod.memory_format(method, device, precision, x0.shape[-1]):
         for i in batch_starts(x0.shape[0], batch_size, f"{method.name} DDIM inversion, {steps} steps", "images"):
             cond = z[i : i + batch_size].to(device) if z is not None else None
             eps_fn, shift_fn = method.denoiser(cond) if cond is not None else method.denoiser()
@@ -120,7 +120,7 @@ def decode(
             raise ValueError(f"decode: {len(generator)} generators for {x_T.shape[0]} samples")
     device = model_device(method)
     out = []
-    with torch.inference_mode(), precision_mod.memory_format(method, device, precision):
+    with torch.inference_mode(), precision_mod.memory_format(method, device, precision, x_T.shape[-1]):
         desc = f"{name} {sampler}" + (f", {steps} steps" if sampler == "ddim" else "")
         for i in batch_starts(x_T.shape[0], batch_size, desc, "images"):
             sl = slice(i, i + batch_size)

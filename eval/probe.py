@@ -22,8 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
 from torch import Tensor, nn
 
 from eval.common import (
@@ -99,6 +97,9 @@ def fit_linear_probe(
     if len(classes) == 1:
         bias[classes] = 0.0
     else:
+        from sklearn.exceptions import ConvergenceWarning  # here: scikit-learn takes 0.6 s to import
+        from sklearn.linear_model import LogisticRegression
+
         c = (2.0 if len(classes) == 2 else 1.0) / (l2 * len(u)) if l2 > 0 else np.inf
         with warnings.catch_warnings():  # max_iter bounds the work; the probe reports accuracy either way
             warnings.simplefilter("ignore", ConvergenceWarning)

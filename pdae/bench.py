@@ -98,7 +98,7 @@ def time_training_steps(
     method.to(device).train()
     params = method.trainable_parameters()
     use_amp = amp_enabled(amp, device, method.input_kind)
-    nhwc = channels_last_enabled(channels_last, device, method.input_kind, use_amp)
+    nhwc = channels_last_enabled(channels_last, device, method.input_kind, use_amp, image_shape[-1])
     method.to(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
     model = torch.compile(method) if compile_model else method
     stepper = Stepper(model, method, adam_optimizer(params, lr=1e-4), EMA(method, 0.9999), params, use_amp, None,

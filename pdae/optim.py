@@ -88,12 +88,18 @@ def amp_enabled(amp: str, device: torch.device, input_kind: str) -> bool:
     return input_kind == "images" and precision.bf16_available(device)
 
 
-def channels_last_enabled(setting: str, device: torch.device, input_kind: str, use_amp: bool) -> bool:
+def channels_last_enabled(setting: str, device: torch.device, input_kind: str, use_amp: bool,
+                          image_size: int) -> bool:
     """channels_last (NHWC) image networks: `train.channels_last` on / off, or auto = on CUDA, and on a CPU when
-    the step runs in bf16 (oneDNN's bf16 convolutions are fastest in NHWC; see benchmarks/README.md)."""
+    the step runs in bf16 on images of at least `pdae.precision.CPU_CHANNELS_LAST_MIN_SIZE` px (oneDNN's bf16
+    convolutions are fastest in NHWC; below that size NHWC GroupNorm costs more than it gains, see there)."""
+    from pdae import precision
+
     if input_kind != "images" or setting == "off":
         return False
-    return setting == "on" or device.type == "cuda" or use_amp
+    if setting == "on" or device.type == "cuda":
+        return True
+    return use_amp and precision.channels_last_pays(device, image_size)
 
 
 def _make_optimizer(params: list[nn.Parameter], tc: TrainConfig) -> torch.optim.Optimizer:

@@ -19,6 +19,12 @@ import torch
 
 PRECISIONS = ("auto", "bf16", "fp32")
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# Smallest image side at which bf16 image networks run channels_last (NHWC) on a CPU. Measured on this project's
+# 2-core CPU (AMX), one thread, bf16 (benchmarks/channels_last_cpu.py -> benchmarks/results/channels_last_cpu.md):
+# at 16 px NCHW is faster (the embedded U-Nets' forward 1.2-1.3x, training step 1.04-1.05x; PyTorch's CPU
+# GroupNorm is ~10x slower on NHWC inputs and the convolutions are too small to gain); from 32 px NHWC is faster
+# (forward 1.1-1.2x at 32 px, 1.3-1.4x at 64 px; training step 1.0x at 32 px, see README for 64 px).
+CPU_CHANNELS_LAST_MIN_SIZE = 32
 
 
 @functools.lru_cache(maxsize=1)
@@ -49,6 +55,12 @@ def resolve(precision: str, device: torch.device) -> str:
     return precision
 
 
+def channels_last_pays(device: torch.device, image_size: int) -> bool:
+    """Whether bf16 image networks of side `image_size` run channels_last (NHWC) on `device`: always on CUDA
+    (cuDNN's bf16 convolutions want NHWC), on a CPU from CPU_CHANNELS_LAST_MIN_SIZE px (see there)."""
+    return device.type == "cuda" or image_size >= CPU_CHANNELS_LAST_MIN_SIZE
+
+
 @contextlib.contextmanager
 def autocast(device: torch.device, precision: str) -> Iterator[str]:
     """Run the block's network calls under bf16 autocast when `precision` resolves to bf16; yields the choice."""
@@ -58,11 +70,11 @@ def autocast(device: torch.device, precision: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def memory_format(module: torch.nn.Module, device: torch.device, precision: str) -> Iterator[bool]:
-    """The block runs `module` with channels_last (NHWC) weights when `precision` resolves to bf16 (oneDNN's
-    and cuDNN's bf16 convolutions are fastest in NHWC), restored to the default layout after; yields whether
-    it did. Values are unchanged: only the storage order of 4-D weights moves."""
-    nhwc = resolve(precision, device) == "bf16"
+def memory_format(module: torch.nn.Module, device: torch.device, precision: str, image_size: int) -> Iterator[bool]:
+    """The block runs `module` with channels_last (NHWC) weights when `precision` resolves to bf16 and NHWC pays
+    at `image_size` (`channels_last_pays`), restored to the default layout after; yields whether it did. Values
+    are unchanged: only the storage order of 4-D weights moves."""
+    nhwc = resolve(precision, device) == "bf16" and channels_last_pays(device, image_size)
     if nhwc:
         _set_format(module, torch.channels_last)
     try:
@@ -86,13 +98,13 @@ def _to_fp32(out: Any) -> Any:
 
 def wrap(fn: Callable[..., Any] | None, device: torch.device, precision: str) -> Callable[..., Any] | None:
     """`fn(x_t, t)` (an eps_fn, or a shift_fn returning (eps, G)) run under `autocast` with image inputs in
-    channels_last (pair with `memory_format`), outputs cast to fp32; `fn` itself when the precision resolves
-    to fp32 (or fn is None)."""
+    channels_last where `channels_last_pays` (pair with `memory_format`), outputs cast to fp32; `fn` itself
+    when the precision resolves to fp32 (or fn is None)."""
     if fn is None or resolve(precision, device) == "fp32":
         return fn
 
     def wrapped(x_t: torch.Tensor, t: torch.Tensor) -> Any:
-        if x_t.dim() == 4:
+        if x_t.dim() == 4 and channels_last_pays(device, x_t.shape[-1]):
             x_t = x_t.contiguous(memory_format=torch.channels_last)
         with autocast(device, "bf16"):
             return _to_fp32(fn(x_t, t))

@@ -269,7 +269,8 @@ class _Run:
         if not params:
             raise TrainingError(f"method {method_name} has no trainable parameters")
         use_amp = amp_enabled(tc.amp, dev, method.input_kind)
-        channels_last = channels_last_enabled(tc.channels_last, dev, method.input_kind, use_amp)
+        channels_last = channels_last_enabled(tc.channels_last, dev, method.input_kind, use_amp,
+                                              info["image_size"])
         if channels_last:
             method.to(memory_format=torch.channels_last)
         model: nn.Module = method

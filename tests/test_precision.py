@@ -54,11 +54,36 @@ def test_memory_format_is_nhwc_inside_bf16_only_and_keeps_weights_trainable() ->
     conv = torch.nn.Conv2d(3, 8, 3)
     before = conv.weight.detach().clone()
     cpu = torch.device("cpu")
-    with torch.inference_mode(), precision.memory_format(conv, cpu, "bf16") as nhwc:
+    with torch.inference_mode(), precision.memory_format(conv, cpu, "bf16", 32) as nhwc:
         assert nhwc and conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert conv.weight.is_contiguous() and torch.equal(conv.weight, before)
-    with precision.memory_format(conv, cpu, "fp32") as nhwc:
+    with precision.memory_format(conv, cpu, "fp32", 32) as nhwc:
         assert not nhwc and conv.weight.is_contiguous()
     # parameters converted inside inference mode are still ordinary tensors: training works afterwards
     conv(torch.randn(1, 3, 5, 5)).sum().backward()
     assert conv.weight.grad is not None
+
+
+def test_channels_last_only_where_it_pays_cpu_from_32_px_cuda_always() -> None:
+    """NHWC on a CPU from CPU_CHANNELS_LAST_MIN_SIZE px only (16-px NHWC GroupNorm costs more than the
+    convolutions gain), always on CUDA; training's `auto` and evaluation's bf16 path follow the same rule."""
+    from pdae.optim import channels_last_enabled
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert precision.CPU_CHANNELS_LAST_MIN_SIZE == 32
+    assert [precision.channels_last_pays(cpu, s) for s in (8, 16, 31, 32, 64, 128)] == [False] * 3 + [True] * 3
+    assert precision.channels_last_pays(cuda, 16)
+    conv = torch.nn.Conv2d(1, 8, 3)
+    with precision.memory_format(conv, cpu, "bf16", 16) as nhwc:
+        assert not nhwc and conv.weight.is_contiguous()
+    seen = []
+    fn = precision.wrap(lambda x, t: seen.append(x.is_contiguous()) or x, cpu, "bf16")
+    fn(torch.randn(2, 8, 16, 16), None)
+    fn(torch.randn(2, 8, 32, 32), None)
+    assert seen == [True, False]  # 16 px stays NCHW, 32 px goes NHWC
+    assert not channels_last_enabled("auto", cpu, "images", True, 16)
+    assert channels_last_enabled("auto", cpu, "images", True, 32)
+    assert not channels_last_enabled("auto", cpu, "images", False, 64)  # fp32 on a CPU: NCHW
+    assert channels_last_enabled("auto", cuda, "images", False, 16)
+    assert channels_last_enabled("on", cpu, "images", False, 16) and not channels_last_enabled("off", cuda, "images", True, 64)
+    assert not channels_last_enabled("on", cpu, "latents", True, 64)

@@ -15,6 +15,9 @@ ABLATION_SEEDS = [int(s) for s in config["ablation_seeds"]]
 FIGURE_SEEDS = [int(s) for s in config.get("figure_seeds", [config["seeds"][0]])]
 AUTOENCODERS = ["pdae", "diffae"]
 EVAL = config["eval"]
+# Images per network call in every evaluation (results depend on it only through batched-network rounding: the
+# noise of each image is drawn independently of the batching).
+EVAL_BATCH_ARG = f"--batch-size {int(EVAL.get('batch_size', 64))}"
 RES = config["resources"]
 # One conda environment for all rules, built by `--sdm conda`: the dependencies only. Snakemake builds it from
 # its own copy under .snakemake/conda/, where a `pip install -e .` would find no project, so the jobs import

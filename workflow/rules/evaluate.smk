@@ -21,6 +21,7 @@ rule compute_ref_stats:
         "results/benchmarks/{dataset}/compute_ref_stats.tsv"
     params:
         device=config["device"],
+        batch=EVAL_BATCH_ARG,
         backend=backend_args,
         model=lambda wc, input: f"--model {input.model}" if input.model else "",
         n=EVAL["ref_images"],
@@ -28,7 +29,7 @@ rule compute_ref_stats:
         data=eval_data,
     shell:
         "python -m eval ref-stats {params.model} --num-images {params.n} {params.select} --out {output.stats}"
-        " {params.backend} {params.data} --device {params.device} > {log} 2>&1"
+        " {params.backend} {params.data} {params.batch} --device {params.device} > {log} 2>&1"
 
 
 rule evaluate_reconstruction:
@@ -52,6 +53,7 @@ rule evaluate_reconstruction:
         "results/benchmarks/{dataset}/evaluate_reconstruction_{rmethod}_seed{seed}.tsv"
     params:
         device=config["device"],
+        batch=EVAL_BATCH_ARG,
         backend=backend_args,
         steps=" ".join(str(s) for s in EVAL["recon"]["steps"]),
         ddpm=lambda wc: "--ddpm" if wc.rmethod == "pdae" and EVAL["recon"]["ddpm"] and int(wc.seed) in FIGURE_SEEDS
@@ -64,7 +66,7 @@ rule evaluate_reconstruction:
         "python -m eval reconstruct --model {input.model} --steps {params.steps} --x-T {params.x_T} {params.ddpm}"
         " --encode-steps {params.encode}"
         " --num-images {params.n} --seed {wildcards.seed} --out {output.records} --arrays {output.arrays}"
-        " {params.backend} {params.data} --device {params.device} > {log} 2>&1"
+        " {params.backend} {params.data} {params.batch} --device {params.device} > {log} 2>&1"
 
 
 rule evaluate_gap:
@@ -86,12 +88,13 @@ rule evaluate_gap:
         "results/benchmarks/{dataset}/evaluate_gap_seed{seed}.tsv"
     params:
         device=config["device"],
+        batch=EVAL_BATCH_ARG,
         stride=EVAL["gap"]["t_stride"],
         n=EVAL["gap"]["num_images"],
         data=eval_data,
     shell:
         "python -m eval gap --dpm {input.dpm} --pdae {input.pdae} --diffae {input.diffae} --t-stride {params.stride}"
-        " --num-images {params.n} --seed {wildcards.seed} --out {output.records} {params.data} --device {params.device} > {log} 2>&1"
+        " --num-images {params.n} --seed {wildcards.seed} --out {output.records} {params.data} {params.batch} --device {params.device} > {log} 2>&1"
 
 
 rule render_denoise_arrays:
@@ -142,6 +145,7 @@ rule evaluate_unconditional:
         "results/benchmarks/{dataset}/evaluate_unconditional_{rmethod}_seed{seed}.tsv"
     params:
         device=config["device"],
+        batch=EVAL_BATCH_ARG,
         models=lambda wc, input: f"--dpm {input.model}" if wc.rmethod == "ddim"
         else f"--autoencoder {input.model} --latent {input.latent}",
         steps=" ".join(str(s) for s in EVAL["uncond"]["steps"]),
@@ -153,7 +157,7 @@ rule evaluate_unconditional:
     shell:
         "python -m eval uncond {params.models} --steps {params.steps} --num-samples {params.n} --stop-fraction {params.stop}"
         " {params.clip} --ref-stats {input.stats} --seed {wildcards.seed} --out {output.records} --arrays {output.arrays}"
-        " {params.backend} {params.data} --device {params.device} > {log} 2>&1"
+        " {params.backend} {params.data} {params.batch} --device {params.device} > {log} 2>&1"
 
 
 rule evaluate_fewshot:
@@ -178,6 +182,7 @@ rule evaluate_fewshot:
         "results/benchmarks/{dataset}/evaluate_fewshot_{ae}_{scenario}_seed{seed}.tsv"
     params:
         device=config["device"],
+        batch=EVAL_BATCH_ARG,
         classes=lambda wc: fewshot_class_args(wc.dataset),
         cfg=EVAL["fewshot"],
         clip=lambda wc: clip_args(wc.ae),
@@ -188,7 +193,7 @@ rule evaluate_fewshot:
         " {params.classes} --num-labelled {params.cfg[num_labelled]} --num-unlabelled {params.cfg[num_unlabelled]}"
         " --num-samples {params.cfg[num_samples]} --steps {params.cfg[steps]} {params.clip} --seed {wildcards.seed}"
         " --out {output.records} --arrays {output.arrays} {params.backend} {params.data}"
-        " --device {params.device} > {log} 2>&1"
+        " {params.batch} --device {params.device} > {log} 2>&1"
 
 
 use rule evaluate_fewshot as evaluate_fewshot_attribute with:
@@ -204,6 +209,7 @@ use rule evaluate_fewshot as evaluate_fewshot_attribute with:
         "results/benchmarks/{dataset}/evaluate_fewshot_{ae}_{scenario}_{attribute}_seed{seed}.tsv"
     params:
         device=config["device"],
+        batch=EVAL_BATCH_ARG,
         classes=lambda wc: f"--attribute {shlex.quote(wc.attribute)}",
         cfg=EVAL["fewshot"],
         clip=lambda wc: clip_args(wc.ae),
@@ -230,13 +236,14 @@ rule evaluate_interpolation:
         "results/benchmarks/{dataset}/evaluate_interpolation_{ae}_seed{seed}.tsv",
     params:
         device=config["device"],
+        batch=EVAL_BATCH_ARG,
         cfg=EVAL["interpolation"],
         backend=backend_args,
         data=eval_data,
     shell:
         "python -m eval interpolate --autoencoder {input.model} --num-pairs {params.cfg[num_pairs]}"
         " --steps {params.cfg[steps]} --encode-steps {params.cfg[encode_steps]} --seed {wildcards.seed}"
-        " --out {output.records} --arrays {output.arrays} {params.backend} {params.data} --device {params.device}"
+        " --out {output.records} --arrays {output.arrays} {params.backend} {params.data} {params.batch} --device {params.device}"
         " > {log} 2>&1"
 
 
@@ -260,6 +267,7 @@ rule evaluate_manipulation:
         "results/benchmarks/{dataset}/evaluate_manipulation_{ae}_seed{seed}.tsv",
     params:
         device=config["device"],
+        batch=EVAL_BATCH_ARG,
         cfg=EVAL["manipulation"],
         attribute=lambda wc: settings(wc.dataset)["manipulation_attribute"],
         strengths=" ".join(str(s) for s in EVAL["manipulation"]["strengths"]),
@@ -269,7 +277,7 @@ rule evaluate_manipulation:
         "python -m eval manipulate --autoencoder {input.model} --classifier {input.classifier}"
         " --attribute {params.attribute:q} --strengths {params.strengths} --num-images {params.cfg[num_images]}"
         " --steps {params.cfg[steps]} --encode-steps {params.cfg[encode_steps]} --seed {wildcards.seed}"
-        " --out {output.records} --arrays {output.arrays} {params.backend} {params.data} --device {params.device}"
+        " --out {output.records} --arrays {output.arrays} {params.backend} {params.data} {params.batch} --device {params.device}"
         " > {log} 2>&1"
 
 
@@ -287,12 +295,14 @@ rule evaluate_truncation:
         **JOB_GPU,
     conda:
         ENV
+    priority: 2  # long: not among the last jobs
     log:
         "logs/{dataset}/evaluate_truncation_seed{seed}.log",
     benchmark:
         "results/benchmarks/{dataset}/evaluate_truncation_seed{seed}.tsv"
     params:
         device=config["device"],
+        batch=EVAL_BATCH_ARG,
         cfg=EVAL["truncation"],
         scales=" ".join(str(s) for s in EVAL["truncation"]["scales"]),
         backend=lambda wc: f"--backend domain --feature-net results/{wc.dataset}/feature_net/model",
@@ -300,7 +310,7 @@ rule evaluate_truncation:
     shell:
         "python -m eval truncation --model {input.model} --scales {params.scales} --num-samples {params.cfg[num_samples]}"
         " --steps {params.cfg[steps]} --ref-stats {input.stats} --seed {wildcards.seed} --out {output.records}"
-        " --arrays {output.arrays} {params.backend} {params.data} --device {params.device} > {log} 2>&1"
+        " --arrays {output.arrays} {params.backend} {params.data} {params.batch} --device {params.device} > {log} 2>&1"
 
 
 rule evaluate_probe:
@@ -321,12 +331,13 @@ rule evaluate_probe:
         "results/benchmarks/{dataset}/evaluate_probe_seed{seed}.tsv",
     params:
         device=config["device"],
+        batch=EVAL_BATCH_ARG,
         cfg=EVAL["probe"],
         data=eval_data,
     shell:
         "python -m eval probe --encoder pdae={input.pdae} --encoder diffae={input.diffae} --random-encoder --pixels"
         " --num-train {params.cfg[num_train]} --num-test {params.cfg[num_test]} --seed {wildcards.seed}"
-        " --out {output.records} {params.data} --device {params.device} > {log} 2>&1"
+        " --out {output.records} {params.data} {params.batch} --device {params.device} > {log} 2>&1"
 
 
 rule evaluate_efficiency:
@@ -342,18 +353,20 @@ rule evaluate_efficiency:
         **JOB_GPU,
     conda:
         ENV
+    priority: 2  # the longest evaluation: not the last job
     log:
         "logs/{dataset}/evaluate_efficiency.log",
     benchmark:
         "results/benchmarks/{dataset}/evaluate_efficiency.tsv"
     params:
         device=config["device"],
+        batch=EVAL_BATCH_ARG,
         cfg=EVAL["efficiency"],
         backend=backend_args,
         data=eval_data,
     shell:
         "python -m eval efficiency --pdae {input.pdae} --diffae {input.diffae} --steps {params.cfg[steps]}"
-        " --num-images {params.cfg[num_images]} --out {output.records} {params.backend} {params.data} --device {params.device} > {log} 2>&1"
+        " --num-images {params.cfg[num_images]} --out {output.records} {params.backend} {params.data} {params.batch} --device {params.device} > {log} 2>&1"
 
 
 rule evaluate_ablation:
@@ -374,9 +387,10 @@ rule evaluate_ablation:
         "results/benchmarks/{dataset}/evaluate_ablation_seed{seed}.tsv",
     params:
         device=config["device"],
+        batch=EVAL_BATCH_ARG,
         cfg=EVAL["efficiency"],
         images=ablation_images,
         data=eval_data,
     shell:
         "python -m eval ablation --runs {input.snr} {input.uniform} --images {params.images} --steps {params.cfg[steps]}"
-        " --num-images {params.cfg[num_images]} --seed {wildcards.seed} --out {output.records} {params.data} --device {params.device} > {log} 2>&1"
+        " --num-images {params.cfg[num_images]} --seed {wildcards.seed} --out {output.records} {params.data} {params.batch} --device {params.device} > {log} 2>&1"

@@ -118,6 +118,9 @@ rule train_autoencoder:
         dpm=lambda wc: [] if wc.variant == "diffae" else dpm_folder(wc),
     output:
         model=directory("results/{dataset}/{variant}/seed{seed}/model"),
+    # Long jobs first (then the latent DPMs, then the evaluations): the short evaluations fill the last minutes
+    # on every core instead of one core waiting for a late training run.
+    priority: 5
     conda:
         ENV
     log:
@@ -149,6 +152,7 @@ rule train_pdae_class:
         dpm=dpm_folder,
     output:
         model=directory("results/{dataset}/pdae_class/seed{seed}/model"),
+    priority: 5
     conda:
         ENV
     log:
@@ -178,6 +182,7 @@ rule train_latent:
         encoder="results/{dataset}/{ae}/seed{seed}/model",
     output:
         model=directory("results/{dataset}/{ae}/seed{seed}/latent"),
+    priority: 3
     conda:
         ENV
     log:
