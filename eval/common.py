@@ -26,7 +26,7 @@ PROVENANCE_COLUMNS = ("dataset", "method", "seed", "images_seen", "code_version"
 
 
 def provenance(method: Any, label: str | None = None, eval_seed: int | None = None) -> dict[str, Any]:
-    """Provenance columns of a model loaded with `pdae.methods.load_method` (from its metadata.json).
+    """Provenance columns of a model loaded with `pdae.checkpoint.load_method` (from its metadata.json).
 
     `seed` is the model's training seed; `eval_seed` (when given) the seed of the evaluation's own draws
     (noise, x_T, image subsets). They differ for the DPM and DDIM rows: one model (seed 0), evaluated in
@@ -214,7 +214,7 @@ def backend_from_args(args: argparse.Namespace, device: str | torch.device = "cp
         find_weights_file(fid_weights)  # a missing file fails before the feature net is loaded
     from pdae.checkpoint import load_method
 
-    return with_fid_backend(domain_backend(load_method(args.feature_net, device).net), fid_backend,
+    return with_fid_backend(domain_backend(load_method(args.feature_net, device).feature_network()), fid_backend,
                             fid_weights).to(device)
 
 

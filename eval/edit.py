@@ -188,18 +188,18 @@ def run_interpolate(args: argparse.Namespace) -> int:
 # Attribute manipulation (Fig. 8, docs/protocol.md §2.5, §5.5).
 
 
-def edit_latent(z: Tensor, direction: Tensor, strength: float, stats: Any) -> Tensor:
+def edit_latent(z: Tensor, direction: Tensor, strength: float, normalizer: Any) -> Tensor:
     """z' = denormalize(normalize(z) + s sqrt(D) d) with d = w_c / ||w_c|| (official PDAE code,
     sampler/manipulation.py, with sqrt(D) for its sqrt(512)).
 
     :param z: raw latents [N, D]; :param direction: unit direction in normalised-z space [D];
-    :param stats: the classifier's `LatentStats` (`normalize`, `denormalize`).
+    :param normalizer: the latent classifier (its `normalize` / `denormalize`).
     """
     if direction.ndim != 1 or z.ndim != 2 or z.shape[1] != direction.shape[0]:
         raise ValueError(f"edit_latent: z [N, D] and direction [D] expected, "
                          f"got {tuple(z.shape)}, {tuple(direction.shape)}")
     step = strength * math.sqrt(z.shape[1]) * direction.to(z)
-    return stats.denormalize(stats.normalize(z) + step)
+    return normalizer.denormalize(normalizer.normalize(z) + step)
 
 
 def target_index(classifier: Any, name: str, names: Sequence[str]) -> int:
@@ -236,11 +236,11 @@ def manipulate_images(
     z = encode_all(method, x0, batch_size)
     x_T = infer_x_T(method, x0, z, encode_steps, convention=convention, batch_size=batch_size)
     z = z.to(model_device(classifier))
-    direction = classifier.head.direction(index).detach()
+    direction = classifier.edit_direction(index)
     out = {}
     with torch.no_grad():
         for s in strengths:
-            z_edit = edit_latent(z, direction, float(s), classifier.stats)
+            z_edit = edit_latent(z, direction, float(s), classifier)
             out[float(s)] = decode(method, z_edit, x_T, steps, convention=convention, batch_size=batch_size)
     return out
 
@@ -347,7 +347,7 @@ def run_truncation(args: argparse.Namespace) -> int:
         res = compute_fid(samples, reference, backend, kid=False, batch_size=args.batch_size, cuda=cuda,
                           bootstrap=args.bootstrap, bootstrap_seed=bootstrap_seed(args.seed, args.steps))
         with torch.no_grad():
-            logits = common.batched(lambda x: feature_net.net(x.to(device)).cpu(), samples, batch_size=args.batch_size)
+            logits = common.batched(lambda x: feature_net.predict_logits(x.to(device)).cpu(), samples, batch_size=args.batch_size)
         cols = dict(table="truncation", scale=float(scale), steps=args.steps)
         rows += fid_records(prov, res, **cols)
         rows.append(common.record(prov, "class_accuracy", class_accuracy(logits, labels), "-", **cols))

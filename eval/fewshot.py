@@ -345,12 +345,13 @@ def run_fewshot(args: argparse.Namespace) -> int:
     cuda = device.type == "cuda"
     generator = torch.Generator().manual_seed(args.seed * 1_000_003 + SCENARIOS.index(args.scenario))
 
+    lat_mean, lat_std = latent.latent_statistics()
     # One classifier per class: p(class | z).
     classes: list[tuple[str, LogisticClassifier, dict[str, Any]]] = []
     if args.scenario == "binary":
         idx, y = choose_labelled(split.positive, "binary", args.num_labelled, 0, generator)
         clf = train_latent_classifier(encode_all(ae, images[idx], args.batch_size), y, risk="logistic",
-                                      mean=latent.stats.mean, std=latent.stats.std, l2=args.l2)
+                                      mean=lat_mean, std=lat_std, l2=args.l2)
         info = {"labelled": idx.tolist()}
         classes = [(split.names[0], clf, info), (split.names[1], clf.complement(), info)]
     else:
@@ -359,7 +360,7 @@ def run_fewshot(args: argparse.Namespace) -> int:
             prior = float(member.double().mean()) if args.class_prior is None else (
                 args.class_prior if k == 0 else 1.0 - args.class_prior)
             clf = train_latent_classifier(encode_all(ae, images[idx], args.batch_size), y, risk="nnpu",
-                                          class_prior=prior, mean=latent.stats.mean, std=latent.stats.std, l2=args.l2)
+                                          class_prior=prior, mean=lat_mean, std=lat_std, l2=args.l2)
             info = {"labelled": idx[y == 1].tolist(), "num_unlabelled": int((y == 0).sum()), "class_prior": prior}
             classes.append((split.names[k], clf, info))
 

@@ -138,7 +138,7 @@ def sample_latents(
         for i in batch_starts(z_T.shape[0], batch_size, f"latent DDIM, {steps} steps", "latents"):
             z0 = ddim_sample(eps_fn, z_T[i : i + batch_size], latent.schedule, steps, convention=convention,
                              clip_x0=clip)
-            out.append(latent.stats.denormalize(z0))
+            out.append(latent.denormalize(z0))
     return torch.cat(out)
 
 
@@ -193,8 +193,7 @@ def latent_health(latent: Any, z: Tensor) -> dict[str, float]:
     """
     if z.ndim != 2 or z.shape[0] < 2:
         raise ValueError(f"latent_health needs z [n, D] with n >= 2, got {tuple(z.shape)}")
-    mean = latent.stats.mean.detach().double().cpu()
-    std = latent.stats.std.detach().double().cpu()
+    mean, std = (s.double() for s in latent.latent_statistics())
     z_n = (z.detach().double().cpu() - mean) / std
     return {"latent_std": float(z_n.std(dim=0).mean()), "latent_mean_abs": float(z_n.mean(dim=0).abs().mean())}
 
@@ -378,7 +377,7 @@ def run_uncond(args: argparse.Namespace) -> int:
     rows, grid, row_labels = [], [], []
     # With the domain backend, also the share of samples its classifier is confident about (and, as the
     # reference, the share of real held-out images), a per-sample quality measure.
-    classifier = load_method(args.feature_net, device).net if args.backend == "domain" else None
+    classifier = load_method(args.feature_net, device).feature_network() if args.backend == "domain" else None
     if classifier is not None and plain:
         real, _, _ = common.eval_images(common.data_spec(decoder, args.data), args.num_samples)
         rows.append(common.record({**prov, "method": "real"}, "confident", confident_fraction(classifier, real),

@@ -324,21 +324,20 @@ def check_depth(levels: int, image_size: int, where: str) -> None:
 
 
 def check_net_depths(method: str, nets: dict[str, Any], image_size: int, where: str = "config.nets") -> None:
-    """The networks' depth against the image size, from the config (ConfigError naming the key)."""
-    if method == "dpm":
-        check_depth(len(net_kwarg(method, nets, "unet", "channel_mult")), image_size, f"{where}.unet.channel_mult")
-    elif method == "diffae":
-        check_depth(len(net_kwarg(method, nets, "model", "channel_mult")), image_size, f"{where}.model.channel_mult")
-        check_depth(len(net_kwarg(method, nets, "model", "enc_channel_mult")), image_size,
-                    f"{where}.model.enc_channel_mult")
-    elif method == "feature_net":
-        check_depth(len(net_kwarg(method, nets, "net", "channels")), image_size, f"{where}.net.channels")
-    elif method == "pdae":
-        # PDAE's encoder: one stride-2 conv per entry of `channels`, down to a 4x4 map (pdae.nets.encoder).
-        convs = len(net_kwarg(method, nets, "encoder", "channels"))
-        if image_size != 4 * 2**convs:
-            raise ConfigError(f"{where}.encoder.channels: {convs} stride-2 convs take a {4 * 2**convs} px image "
-                              f"down to 4x4; data.image_size is {image_size} (give one entry per halving)")
+    """The networks' depth against the image size, from the config (ConfigError naming the key): each network
+    class names the arguments that set its depth and their rule (`SIZE_RULES`)."""
+    for key, net in _spec(method).nets.items():
+        for arg, rule in getattr(net.cls, "SIZE_RULES", {}).items():
+            entries = len(net_kwarg(method, nets, key, arg))
+            if rule == "levels":
+                check_depth(entries, image_size, f"{where}.{key}.{arg}")
+            elif rule == "stride2_to_4x4":  # PDAE's encoder (pdae.nets.encoder)
+                if image_size != 4 * 2**entries:
+                    raise ConfigError(f"{where}.{key}.{arg}: {entries} stride-2 convs take a {4 * 2**entries} px "
+                                      f"image down to 4x4; data.image_size is {image_size} (give one entry per "
+                                      f"halving)")
+            else:
+                raise ValueError(f"{net.cls.__name__}.SIZE_RULES[{arg!r}]: unknown rule {rule!r}")
 
 
 def check_run_config(method: str, cfg: RunConfig, dpm_dir: str | Path | None = None,

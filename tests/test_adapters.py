@@ -28,7 +28,8 @@ from pdae.checkpoint import CheckpointError, load_model_folder, save_model_folde
 from pdae.diffusion.gaussian import shift_coef
 from pdae.diffusion.sampling import ddim_invert, ddim_sample
 from pdae.diffusion.schedule import Schedule
-from pdae.methods import DPM, build_method, export_method, load_method
+from pdae.checkpoint import load_method
+from pdae.methods import DPM, build_method, export_method
 from pdae.nets.adapters import (
     AdmUNet,
     DiffusersPrior,

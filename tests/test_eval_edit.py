@@ -122,7 +122,7 @@ def test_edit_moves_the_linear_logit_by_s_sqrt_d_norm_w() -> None:
         clf.stats.std.copy_(torch.rand(d, generator=g) + 0.5)
     z = torch.randn(5, d, generator=g)
     for s in (-0.3, 0.1, 0.3):
-        z_edit = edit_latent(z, clf.head.direction(1), s, clf.stats)
+        z_edit = edit_latent(z, clf.edit_direction(1), s, clf)
         delta = clf.predict_logits(z_edit) - clf.predict_logits(z)
         expected = s * math.sqrt(d) * clf.head.weight[1].norm()
         torch.testing.assert_close(delta[:, 1], expected.expand(5), atol=1e-5, rtol=0)
@@ -130,14 +130,14 @@ def test_edit_moves_the_linear_logit_by_s_sqrt_d_norm_w() -> None:
         torch.testing.assert_close(z_edit - z, (s * math.sqrt(d) * clf.stats.std * clf.head.direction(1)).expand(5, d),
                                    atol=1e-5, rtol=0)
     same = clf.stats.denormalize(clf.stats.normalize(z))
-    assert torch.equal(edit_latent(z, clf.head.direction(0), 0.0, clf.stats), same)
+    assert torch.equal(edit_latent(z, clf.edit_direction(0), 0.0, clf), same)
     # sigmoid for attributes, softmax for labels.
     logits = clf.predict_logits(z).double()
     torch.testing.assert_close(target_probability(clf, z, 2), torch.sigmoid(logits[:, 2]))
     clf.method_kwargs["targets"] = "labels"
     torch.testing.assert_close(target_probability(clf, z, 2), torch.softmax(logits, 1)[:, 2])
     with pytest.raises(ValueError, match="edit_latent"):
-        edit_latent(z, torch.ones(d + 1), 0.1, clf.stats)
+        edit_latent(z, torch.ones(d + 1), 0.1, clf)
 
 
 # Truncation.

@@ -255,7 +255,7 @@ def test_efficiency_records_images_to_level(runs: dict[str, Path]) -> None:
 
 
 def test_real_reconstruction_is_deterministic_and_batch_invariant(runs: dict[str, Path]) -> None:
-    from pdae.methods import load_method
+    from pdae.checkpoint import load_method
 
     method = load_method(runs["pdae"])
     x0 = torch.rand(3, 1, 8, 8) * 2 - 1

@@ -77,7 +77,7 @@ def test_ref_stats_random_selection_is_recorded_and_reproducible(folders, tmp_pa
 
 
 def test_clip_latent_flag_overrides_the_model_and_model_keeps_it(folders, tmp_path):
-    from pdae.methods import load_method
+    from pdae.checkpoint import load_method
 
     latent = load_method(folders["latent"], "cpu")
     assert latent.method_kwargs["clip_latent"] is True               # the tiny latent DPM clamps
@@ -160,7 +160,7 @@ def test_reconstruct_data_errors_are_one_line(folders, tmp_path, capsys):
 def test_eval_data_folder_replaces_the_model_data_path(folders, tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()
-    from pdae.methods import load_method
+    from pdae.checkpoint import load_method
 
     spec = common.data_spec(load_method(folders["pdae"], "cpu"), str(folder))
     # A folder of images for a model of digits: an image-folder spec at the model's size (a digits spec has no path).

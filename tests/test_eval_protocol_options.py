@@ -131,7 +131,7 @@ def test_clip_latent_on_is_the_official_clamp(folders, tmp_path):
     assert {r["clip_latent"] for r in rows_on} == {True}
     # The clamp itself: every sampled normalised z lies in [-1, 1] (the last DDIM step returns the clamped z_0).
     from pdae import precision
-    from pdae.methods import load_method
+    from pdae.checkpoint import load_method
 
     latent = load_method(folders["latent_noclip"], "cpu")
     z_runs = {}

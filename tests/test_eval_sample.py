@@ -61,7 +61,7 @@ def tiny_models(seed: int = 0) -> dict[str, Any]:
 
 
 def save_models(models: dict[str, Any], folder: Path) -> dict[str, Path]:
-    """Write each model as a model folder (the format `pdae.methods.load_method` reads)."""
+    """Write each model as a model folder (the format `pdae.checkpoint.load_method` reads)."""
     out = {}
     for name, method in models.items():
         tensors, config = export_method(method)

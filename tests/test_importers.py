@@ -20,7 +20,7 @@ import yaml
 from pdae import importers as im
 from pdae.checkpoint import CheckpointError, load_model_folder
 from pdae.cli import main
-from pdae.methods import load_method
+from pdae.checkpoint import load_method
 from pdae.nets.cond_unet import DiffAEUNet
 from pdae.nets.encoder import SemanticEncoder
 from pdae.nets.gradient_estimator import GradientEstimator

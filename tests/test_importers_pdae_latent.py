@@ -28,7 +28,7 @@ import yaml
 from pdae import importers as im
 from pdae.checkpoint import CheckpointError, load_model_folder
 from pdae.cli import main
-from pdae.methods import load_method
+from pdae.checkpoint import load_method
 from pdae.nets.latent_mlp import LatentMLP
 from tests.test_importers import (
     TINY_LATENT,

@@ -77,13 +77,7 @@ MAY_IMPORT = {
     "eval-cli": {"eval", "checkpoint", "methods", "nets", "core", "util"},
 }
 # (importer module, imported module) -> reason, exact names. Keep short; every entry is a known debt.
-ALLOWED = {
-    ("pdae.methods", "pdae.checkpoint"): (
-        "pdae.methods.load_method forwards (a function-local import) to pdae.checkpoint.load_method for tests that "
-        "import it from pdae.methods (test_importers*, test_training, test_eval_protocol*, ...); project code "
-        "imports it from pdae.checkpoint. Remove the forwarder when those tests change"
-    ),
-}
+ALLOWED: dict[tuple[str, str], str] = {}
 # Modules whose literal "module:attr" references / string imports of project modules are still there.
 STRING_IMPORTS_ALLOWED: dict[str, str] = {
     "eval.cli": (

@@ -17,7 +17,8 @@ import yaml
 from safetensors.torch import load_file
 
 from pdae.config import ConfigError, RunConfig, TrainConfig, from_dict, load_run_config
-from pdae.methods import DPM, load_method
+from pdae.checkpoint import load_method
+from pdae.methods import DPM
 from pdae.training import (
     DistInfo, IndexBatches, LossMeter, TensorPairs, TrainingError, batch_loader, global_indices, train,
 )

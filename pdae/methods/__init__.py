@@ -8,7 +8,6 @@ config.json of a model folder; `pdae.checkpoint.load_method` rebuilds it from a 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,7 +26,6 @@ METHOD_NAMES = registry.names()
 __all__ = [
     "METHOD_NAMES", "FORMAT", "Method", "EpsPrediction", "DPM", "PDAE", "ClassConditionalPDAE", "DiffAE", "LatentDPM",
     "LatentClassifier", "FeatureNetMethod", "MethodSpec", "Net", "register", "build_method", "export_method",
-    "load_method",
 ]
 
 
@@ -62,11 +60,3 @@ def export_method(method: Method, state_override: dict[str, torch.Tensor] | None
         "method_kwargs": dict(method.method_kwargs),
     }
     return tensors, config
-
-
-def load_method(folder: str | Path, device: str | torch.device = "cpu") -> Method:
-    """`pdae.checkpoint.load_method` (reading a model folder is the checkpoint layer's); kept here for callers
-    that import it from `pdae.methods`."""
-    from pdae.checkpoint import load_method as load
-
-    return load(folder, device)

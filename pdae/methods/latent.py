@@ -58,6 +58,14 @@ class LatentDPM(Method):
         """D of the latents it models (its dataset statistics)."""
         return int(self.stats.mean.shape[0])
 
+    def latent_statistics(self) -> tuple[Tensor, Tensor]:
+        """(mean, std) [D] of the training latents, fp32 on the CPU (copies): z_n = (z - mean) / std."""
+        return self.stats.mean.detach().float().cpu().clone(), self.stats.std.detach().float().cpu().clone()
+
+    def denormalize(self, z_n: Tensor) -> Tensor:
+        """Raw latents z = z_n * std + mean for samples z_n of this DPM (which models normalised latents)."""
+        return self.stats.denormalize(z_n)
+
     @classmethod
     def from_components(cls, parts, schedule, options):
         method = cls(parts["net"], schedule, int(parts["net"].config["latent_dim"]), **options)
@@ -112,6 +120,18 @@ class LatentClassifier(Method):
         """Logits for raw (unnormalised) latents z: [N, D] -> [N, K]."""
         return self.head(self.stats.normalize(z))
 
+    def normalize(self, z: Tensor) -> Tensor:
+        """z_n = (z - mean) / std with the statistics of the latents it was trained on."""
+        return self.stats.normalize(z)
+
+    def denormalize(self, z_n: Tensor) -> Tensor:
+        return self.stats.denormalize(z_n)
+
+    def edit_direction(self, index: int) -> Tensor:
+        """Unit manipulation direction w_c / ||w_c|| of output `index` in normalised-z space [D], detached
+        (docs/protocol.md §2.5)."""
+        return self.head.direction(index).detach()
+
 
 class FeatureNetMethod(Method):
     """The domain feature network: an image classifier on the dataset's labels, used by `eval` as an
@@ -141,3 +161,11 @@ class FeatureNetMethod(Method):
 
     def components(self) -> dict[str, nn.Module]:
         return {"net": self.net}
+
+    def feature_network(self) -> nn.Module:
+        """The classifier network whose `features` / `feature_maps` the `domain` metric backend uses."""
+        return self.net
+
+    def predict_logits(self, x: Tensor) -> Tensor:
+        """Class logits of images x [N, C, H, W] in [-1, 1] -> [N, K]."""
+        return self.net(x)

@@ -53,6 +53,7 @@ import torch
 from torch import nn
 
 from pdae.diffusion.schedule import Schedule
+from pdae.nets.configurable import json_value, register_to_config
 from pdae.nets.layers import AttentionBlock, ResBlock
 from pdae.nets.prior import FeatureLayout, FrozenPrior, PriorFeatures
 from pdae.nets.unet import UNet, adm_layout, attention_factors
@@ -92,10 +93,6 @@ def _import_diffusers() -> Any:
             "diffusers priors need the optional dependency diffusers (pip install 'pdae-bench[diffusers]')"
         ) from None
     return diffusers
-
-
-def _json_value(value: Any) -> Any:
-    return [_json_value(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def _check_diffusers_config(cfg: Mapping[str, Any]) -> None:
@@ -145,6 +142,7 @@ class DiffusersPrior(FrozenPrior):
     :param unet_config: the `unet/config.json` mapping (keys starting with "_" are ignored).
     """
 
+    @register_to_config
     def __init__(self, unet_config: Mapping[str, Any]) -> None:
         super().__init__()
         diffusers = _import_diffusers()
@@ -157,9 +155,8 @@ class DiffusersPrior(FrozenPrior):
         public = {k: v for k, v in unet_config.items() if not k.startswith("_")}
         self.unet = diffusers.UNet2DModel.from_config(public)
         cfg = self.unet.config
-        self.config: dict[str, Any] = {
-            "unet_config": {k: _json_value(v) for k, v in cfg.items() if not k.startswith("_")}
-        }
+        # diffusers' full config (its defaults applied), so the stored config rebuilds the same network
+        self.config.update(unet_config={k: json_value(v) for k, v in cfg.items() if not k.startswith("_")})
         self._layout = diffusers_layout(cfg, self.unet.time_embedding.linear_2.out_features)
 
     @classmethod

@@ -9,11 +9,13 @@ Notation: z -> normalised semantic latent [N, D]; x -> image in [-1, 1] [N, C, H
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from pdae.nets.configurable import register_to_config
 
 __all__ = ["FeatureNet", "LinearHead", "FEATURENET_GN_GROUPS"]
 
@@ -32,13 +34,13 @@ class LinearHead(nn.Linear):
     :param num_outputs: number of attributes / classes.
     """
 
+    @register_to_config
     def __init__(self, latent_dim: int, num_outputs: int) -> None:
         if latent_dim <= 0 or num_outputs <= 0:
             raise ValueError(
                 f"LinearHead: sizes must be positive, got latent_dim={latent_dim}, num_outputs={num_outputs}"
             )
         super().__init__(latent_dim, num_outputs)
-        self.config: dict[str, Any] = {"latent_dim": latent_dim, "num_outputs": num_outputs}
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """z: [N, latent_dim] (normalised) -> logits [N, num_outputs]."""
@@ -68,6 +70,12 @@ class FeatureNet(nn.Module):
     :param feature_dim: width of the penultimate feature used for FID.
     """
 
+    #: which constructor arguments set the depth, and how it must fit data.image_size (checked from the
+    #: config before anything is built, pdae.config.check_net_depths): "levels" = one entry per resolution,
+    #: "stride2_to_4x4" = one stride-2 conv per entry down to a 4x4 map
+    SIZE_RULES: ClassVar[dict[str, str]] = {"channels": "levels"}
+
+    @register_to_config
     def __init__(
         self,
         image_size: int,
@@ -92,13 +100,7 @@ class FeatureNet(nn.Module):
                 f"FeatureNet: in_channels, num_classes, feature_dim must be positive, got "
                 f"{in_channels}, {num_classes}, {feature_dim}"
             )
-        self.config: dict[str, Any] = {
-            "image_size": image_size,
-            "in_channels": in_channels,
-            "num_classes": num_classes,
-            "channels": list(channels),
-            "feature_dim": feature_dim,
-        }
+        self.config.update(channels=list(channels))  # as ints
         self.image_size = image_size
         self.in_channels = in_channels
         self.stages = nn.ModuleList()

@@ -15,6 +15,8 @@ Notation: emb -> time embedding [N, E]; z -> semantic code [N, latent_dim] (pass
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from collections.abc import Mapping, Sequence
 from functools import partial
 
@@ -230,6 +232,11 @@ class DiffAEUNet(nn.Module):
     :param new_attention_order: split q/k/v before heads.
     :param enc_num_res_blocks: ResBlocks per level in the encoder.
     """
+
+    #: which constructor arguments set the depth, and how it must fit data.image_size (checked from the
+    #: config before anything is built, pdae.config.check_net_depths): "levels" = one entry per resolution,
+    #: "stride2_to_4x4" = one stride-2 conv per entry down to a 4x4 map
+    SIZE_RULES: ClassVar[dict[str, str]] = {"channel_mult": "levels", "enc_channel_mult": "levels"}
 
     @register_to_config
     def __init__(

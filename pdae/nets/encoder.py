@@ -6,6 +6,8 @@ state-dict keys (`encoder.{i}.*`).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import math
 from collections.abc import Sequence
 
@@ -39,6 +41,11 @@ class SemanticEncoder(nn.Module):
     :param attention_resolutions: feature resolutions (not factors) followed by attention.
     :param num_heads: attention heads.
     """
+
+    #: which constructor arguments set the depth, and how it must fit data.image_size (checked from the
+    #: config before anything is built, pdae.config.check_net_depths): "levels" = one entry per resolution,
+    #: "stride2_to_4x4" = one stride-2 conv per entry down to a 4x4 map
+    SIZE_RULES: ClassVar[dict[str, str]] = {"channels": "stride2_to_4x4"}
 
     @register_to_config
     def __init__(

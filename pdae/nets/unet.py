@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -78,6 +78,11 @@ class UNet(FrozenPrior):
     :param learn_sigma: output 2 * in_channels (eps then variance interpolation).
     :param num_classes: class-conditional prior: adds `label_emb` (nn.Embedding) to the time embedding.
     """
+
+    #: which constructor arguments set the depth, and how it must fit data.image_size (checked from the
+    #: config before anything is built, pdae.config.check_net_depths): "levels" = one entry per resolution,
+    #: "stride2_to_4x4" = one stride-2 conv per entry down to a 4x4 map
+    SIZE_RULES: ClassVar[dict[str, str]] = {"channel_mult": "levels"}
 
     @register_to_config
     def __init__(
