@@ -4,8 +4,8 @@
 CPU with native bf16 instructions (AVX512-BF16 or AMX-BF16), else fp32; `bf16` forces it, `fp32` turns it
 off. Only the networks run in bf16: the callers cast their outputs to fp32, and the diffusion arithmetic
 (schedules, DDIM updates), metrics and feature extractors stay fp32. On this project's 2-core CPU (AMX) the
-embedded U-Net's forward pass at batch 250 takes 0.69-0.77 ms per image in bf16 vs 1.15-1.18 ms in fp32
-(1.5-1.7x, measured 2026-12-03).
+embedded U-Net's forward pass at batch 250 took 0.69-0.77 ms per image in bf16 (channels_last) vs 1.15-1.18 ms
+in fp32 (1.5-1.7x, measured 2026-12-03); at that size NCHW is faster still (see CPU_CHANNELS_LAST_MIN_SIZE).
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ import torch
 PRECISIONS = ("auto", "bf16", "fp32")
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 # Smallest image side at which bf16 image networks run channels_last (NHWC) on a CPU. Measured on this project's
-# 2-core CPU (AMX), one thread, bf16 (benchmarks/channels_last_cpu.py -> benchmarks/results/channels_last_cpu.md):
-# at 16 px NCHW is faster (the embedded U-Nets' forward 1.2-1.3x, training step 1.04-1.05x; PyTorch's CPU
-# GroupNorm is ~10x slower on NHWC inputs and the convolutions are too small to gain); from 32 px NHWC is faster
-# (forward 1.1-1.2x at 32 px, 1.3-1.4x at 64 px; training step 1.0x at 32 px, see README for 64 px).
+# 2-core CPU (AMX), one thread, bf16, 3 interleaved rounds (benchmarks/channels_last_cpu.py ->
+# benchmarks/results/channels_last_cpu.md): at 16 px NCHW is faster (the embedded U-Nets' forward 1.15-1.22x,
+# training step 1.02-1.03x: PyTorch's CPU GroupNorm is several times slower on NHWC inputs and the convolutions
+# are too small to gain); from 32 px NHWC is faster (forward 1.14-1.16x at 32 px and 1.35-1.40x at 64 px,
+# training step 1.02-1.03x at 32 px and 1.07-1.22x at 64 px).
 CPU_CHANNELS_LAST_MIN_SIZE = 32
 
 
