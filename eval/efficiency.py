@@ -52,30 +52,36 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import math
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from torch import Tensor
 
-from eval.common import (
-    add_backend_args, backend_from_args, data_spec, eval_images, provenance, record, resolve_device, write_records,
+from eval.ablation import ablation_records, add_ablation_parser, snapshot_at
+from eval.common import add_backend_args, backend_from_args, provenance, record, resolve_device, write_records
+from eval.train_runs import (
+    LOG_FILE, QUALITY_METRICS, RECON_NOTE, SNAPSHOTS_DIR, ReconstructFn, Snapshot, add_common_args, check_positive,
+    dpm_images, eval_set, evaluate_model, image_record, list_snapshots, loss_cv, mean, mean_throughput,
+    per_image_quality, quality, read_metadata, read_train_log, reconstruct_random_xT,
 )
-from eval.reconstruct import ReconSetting, recon_metrics, reconstruct_all
 
-SNAPSHOTS_DIR = "snapshots"
-LOG_FILE = "train_log.jsonl"
-QUALITY_METRICS = ("ssim", "mse", "lpips")   # "lpips" = the backend's distance (feat_dist with the domain backend)
+# Names of eval.train_runs and eval.ablation that were defined here first: still importable from here.
+__all__ = [
+    "BOUND_AS_REACHED", "HIGHER_IS_BETTER", "LOG_FILE", "PLATEAU_METRICS", "QUALITY_METRICS", "RATIO_BOUND",
+    "RECON_NOTE", "SNAPSHOTS_DIR", "Curves", "ReconstructFn", "Rules", "Snapshot", "ablation_records", "converged",
+    "convergence_records", "curve_records", "dpm_images", "efficiency_records", "evaluate_model", "final_value",
+    "image_record", "images_to_reach", "level_records", "level_rule", "list_snapshots", "log_records", "loss_cv",
+    "mean", "mean_throughput", "pair_runs", "per_image_quality", "plateau_change", "plateau_tolerance", "quality",
+    "quality_level", "ratio_bound", "reach_level", "read_train_log", "reconstruct_random_xT", "register_cli",
+    "snapshot_at",
+]
+
 HIGHER_IS_BETTER = {"ssim": True, "mse": False, "lpips": False, "feat_dist": False}
 # Metrics with a plateau tolerance (lpips has none: no convergence record).
 PLATEAU_METRICS = ("ssim", "mse")
 RATIO_BOUND = {("yes", "yes"): "exact", ("first", "yes"): "upper", ("first", "no"): "upper",
                ("yes", "first"): "lower", ("no", "first"): "lower", ("no", "yes"): "lower", ("yes", "no"): "upper"}
 BOUND_AS_REACHED = {"exact": "yes", "upper": "first", "lower": "no", "none": "unknown"}
-RECON_NOTE = ("reconstruction with random x_T as Table 1 (eval.reconstruct): z = E(x_0), x_T ~ N(0, I) per image "
-              "(eval.common.image_noise(seed)), deterministic DDIM, decoded images clamped to [-1, 1] before the metrics")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,174 +199,9 @@ def converged(change: float | None, tolerance: float) -> str:
     return "yes" if change <= tolerance else "no"
 
 
-def loss_cv(losses: Sequence[float]) -> float:
-    """Loss stability: coefficient of variation (population std / mean) of the last half of the logged losses
-    (the later int(n/2) ... n-1 entries; all of them when fewer than 2)."""
-    if not losses:
-        raise ValueError("loss_cv: no loss values")
-    tail = list(losses)[len(losses) // 2:] if len(losses) >= 2 else list(losses)
-    mean = math.fsum(tail) / len(tail)
-    if mean == 0:
-        raise ValueError("loss_cv: mean loss is 0")
-    return math.sqrt(math.fsum((v - mean) ** 2 for v in tail) / len(tail)) / abs(mean)
-
-
-def mean_throughput(log: Sequence[dict[str, Any]], world_size: int = 1) -> float:
-    """Images per second per device: the mean of the logged `images_per_s` without the first interval
-    (start-up; kept when it is the only one), divided by the number of processes."""
-    values = [float(r["images_per_s"]) for r in log]
-    if not values:
-        raise ValueError("mean_throughput: empty training log")
-    values = values[1:] if len(values) > 1 else values
-    return math.fsum(values) / len(values) / max(world_size, 1)
-
-
 # ----------------------------------------------------------------------------------------------
-# Model folders
+# Curves of one model folder (eval.train_runs reads and measures it)
 # ----------------------------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class Snapshot:
-    folder: Path
-    images_seen: int
-    wall_time_s: float
-
-
-def _metadata(folder: Path) -> dict[str, Any]:
-    path = folder / "metadata.json"
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: unreadable metadata ({type(exc).__name__})") from None
-    for key in ("images_seen", "wall_time_s"):
-        if not isinstance(meta.get(key), (int, float)):
-            raise ValueError(f"{path}: metadata key {key!r} missing or not a number")
-    return meta
-
-
-def list_snapshots(model_dir: str | Path, include_final: bool = True) -> list[Snapshot]:
-    """The EMA snapshots `snapshots/img*/` of a model folder and (include_final) the final model itself, sorted
-    by images seen; the final model is the last curve point unless a snapshot has the same images seen."""
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise ValueError(f"{model_dir}: model folder not found")
-    folders = sorted(p for p in (model_dir / SNAPSHOTS_DIR).glob("img*") if p.is_dir()) \
-        if (model_dir / SNAPSHOTS_DIR).is_dir() else []
-    if include_final and (model_dir / "metadata.json").is_file():
-        folders.append(model_dir)
-    snaps: dict[int, Snapshot] = {}
-    for folder in folders:
-        meta = _metadata(folder)
-        snaps.setdefault(int(meta["images_seen"]), Snapshot(folder, int(meta["images_seen"]), float(meta["wall_time_s"])))
-    if not snaps:
-        raise ValueError(f"{model_dir}: no snapshots ({SNAPSHOTS_DIR}/img*/) and no final model")
-    return [snaps[k] for k in sorted(snaps)]
-
-
-def dpm_images(model_dir: str | Path) -> int | str:
-    """Images seen by a PDAE model's pre-trained DPM: metadata.json "dpm" (a folder, absolute, relative to the
-    working directory, or relative to the model folder) -> that folder's metadata.json images_seen; "-" if any
-    of it is missing."""
-    model_dir = Path(model_dir)
-    try:
-        ref = json.loads((model_dir / "metadata.json").read_text()).get("dpm")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return "-"
-    if not isinstance(ref, str) or not ref:
-        return "-"
-    for folder in (Path(ref), model_dir / ref):
-        try:
-            seen = json.loads((folder / "metadata.json").read_text()).get("images_seen")
-        except (OSError, json.JSONDecodeError, AttributeError):
-            continue
-        if isinstance(seen, (int, float)) and not isinstance(seen, bool):
-            return int(seen)
-    return "-"
-
-
-def read_train_log(model_dir: str | Path) -> list[dict[str, Any]]:
-    """The lines of `train_log.jsonl` (step, images_seen, loss, lr, images_per_s, wall_time_s)."""
-    path = Path(model_dir) / LOG_FILE
-    if not path.is_file():
-        raise ValueError(f"{path}: training log not found")
-    out = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise ValueError(f"{path}:{n}: not JSON") from None
-        missing = [k for k in ("images_seen", "loss", "images_per_s", "wall_time_s") if k not in row]
-        if missing:
-            raise ValueError(f"{path}:{n}: missing {missing[0]!r}")
-        out.append(row)
-    if not out:
-        raise ValueError(f"{path}: empty training log")
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
-# Reconstruction quality of one model
-# ----------------------------------------------------------------------------------------------
-
-ReconstructFn = Callable[..., Tensor]
-
-
-def reconstruct_random_xT(method: Any, x0: Tensor, *, steps: int, seed: int, batch_size: int) -> Tensor:
-    """Table 1's random-x_T reconstruction through eval.reconstruct: z = E(x_0), x_T = image_noise(i, seed) per
-    image, DDIM `steps` (PDAE: eps_theta shifted by G on every step, paper Eq. 6; Diff-AE: eps conditioned on z).
-    x0: [N, C, H, W] in [-1, 1] -> [N, C, H, W] on the CPU."""
-    setting = ReconSetting("random", int(steps))
-    return reconstruct_all(method, x0, [setting], seed=seed, batch_size=batch_size)[setting]
-
-
-def per_image_quality(x0: Tensor, x_rec: Tensor, backend: Any = None,
-                      metrics: Sequence[str] = QUALITY_METRICS) -> dict[str, list[float]]:
-    """Per-image SSIM and MSE (on [0, 1]) and the backend's distance (on [-1, 1]: LPIPS-AlexNet, or `feat_dist`
-    with the domain backend, asked for as "lpips") of a reconstruction (eval.reconstruct.recon_metrics, which
-    clamps x_rec to [-1, 1] first) -> {metric name: [N floats]}."""
-    wants_distance = any(m in ("lpips", "feat_dist") for m in metrics)
-    if wants_distance and backend is None:
-        raise ValueError("lpips needs a metric backend (--backend/--feature-net)")
-    per_image = recon_metrics(x0, x_rec, backend if wants_distance else None)
-    distance = getattr(backend, "distance_name", "lpips")
-    names = [distance if m in ("lpips", "feat_dist") else m for m in metrics]
-    return {m: [float(v) for v in per_image[m].double().flatten()] for m in names}
-
-
-def mean(values: Sequence[float]) -> float:
-    """The mean of per-image values (math.fsum), the `value` of a record carrying `values`."""
-    if not values:
-        raise ValueError("mean: no values")
-    return math.fsum(values) / len(values)
-
-
-def quality(x0: Tensor, x_rec: Tensor, backend: Any = None, metrics: Sequence[str] = QUALITY_METRICS) -> dict[str, float]:
-    """Mean per-image quality (`per_image_quality` averaged over the images)."""
-    return {m: mean(v) for m, v in per_image_quality(x0, x_rec, backend, metrics).items()}
-
-
-def evaluate_model(folder: str | Path, x0: Tensor, *, steps: int, seed: int, batch_size: int, device: Any,
-                   backend: Any = None, metrics: Sequence[str] = QUALITY_METRICS,
-                   reconstruct: ReconstructFn | None = None) -> tuple[Any, dict[str, list[float]]]:
-    """Load one model folder and measure its random-x_T reconstruction of x0 (x_T noise from `seed`)
-    -> (method, {metric: per-image values})."""
-    from pdae.checkpoint import load_method
-
-    method = load_method(folder, device)
-    if not method.has_encoder:
-        raise ValueError(f"{folder}: method {method.name!r} is not an autoencoder (pdae or diffae expected)")
-    fn = reconstruct or reconstruct_random_xT
-    x_rec = fn(method, x0, steps=steps, seed=seed, batch_size=batch_size)
-    return method, per_image_quality(x0, x_rec.cpu(), backend, metrics)
-
-
-def image_record(prov: dict[str, Any], metric: str, values: Sequence[float], backend: str = "-",
-                 **columns: Any) -> dict[str, Any]:
-    """A record whose value is the mean of per-image `values` (carried with units "images")."""
-    return record(prov, metric, mean(values), backend, **columns, values=[float(v) for v in values], units="images")
-
 
 def _run_seed(meta: dict[str, Any]) -> Any:
     return meta.get("seed", "-")
@@ -469,18 +310,10 @@ def convergence_records(run: dict[str, Any], label: str, metrics: Sequence[str],
 # Commands
 # ----------------------------------------------------------------------------------------------
 
-def _eval_set(first_model: str | Path, data: str | None, num_images: int) -> Tensor:
-    """The first `num_images` held-out images of `data` (default: the data spec in the model's metadata.json)."""
-    folder = Path(first_model)
-    model = SimpleNamespace(metadata=_metadata(folder), folder=folder)
-    x0, _, _ = eval_images(data_spec(model, data), num_images)
-    return x0
-
-
 def _model_run(folder: str | Path, label: str, x0: Tensor, **kw: Any) -> tuple[list[dict[str, Any]], Any, dict[str, Any]]:
     """Curve and log records of one model folder -> (rows, its training seed, run summary for the derived records)."""
     snap_rows, curves = curve_records(folder, x0, label=label, **kw)
-    final_meta = _metadata(Path(folder))
+    final_meta = read_metadata(Path(folder))
     prov = {k: snap_rows[-1][k] for k in ("dataset", "method", "seed", "images_seen", "code_version")}
     prov["config"] = str(folder)
     rows = snap_rows + log_records(folder, label, prov, int(final_meta.get("world_size", 1) or 1))
@@ -499,7 +332,7 @@ def efficiency_records(pdae_dirs: Sequence[str | Path], diffae_dirs: Sequence[st
     if not pdae_dirs or not diffae_dirs:
         raise ValueError("efficiency needs at least one PDAE and one Diff-AE model folder")
     rules.check()
-    x0 = _eval_set(pdae_dirs[0], data, num_images)
+    x0 = eval_set(pdae_dirs[0], data, num_images)
     kw = dict(steps=steps, seed=seed, batch_size=batch_size, device=device, backend=backend, metrics=metrics,
               reconstruct=reconstruct)
     rows: list[dict[str, Any]] = []
@@ -514,71 +347,12 @@ def efficiency_records(pdae_dirs: Sequence[str | Path], diffae_dirs: Sequence[st
     return rows
 
 
-def snapshot_at(model_dir: str | Path, images: int | None) -> Path:
-    """The folder of `model_dir`'s model after exactly `images` training images (a snapshot or the final model);
-    None: the final model."""
-    if images is None:
-        return Path(model_dir)
-    snaps = list_snapshots(model_dir)
-    for snap in snaps:
-        if snap.images_seen == images:
-            return snap.folder
-    seen = ", ".join(str(s.images_seen) for s in snaps)
-    raise ValueError(f"{model_dir}: no snapshot at {images} images (has {seen}); add it to train.snapshot_images")
-
-
-def ablation_records(run_dirs: Sequence[str | Path], *, steps: int = 20, num_images: int = 64, seed: int = 0,
-                     batch_size: int = 64, device: Any = "cpu", data: str | None = None,
-                     reconstruct: ReconstructFn | None = None, images: int | None = None) -> list[dict[str, Any]]:
-    """Weighting ablation (paper §3.4): for each PDAE run, its `method.weighting` (snr | uniform), the
-    reconstruction SSIM / MSE (per-image `values`: the same images and x_T noise for every run, so the runs pair
-    image by image), loss_cv (last half of the log) and loss_final, all at the same budget: after `images`
-    training images (a snapshot of a longer run, and the log up to it), else the final models."""
-    if not run_dirs:
-        raise ValueError("ablation needs PDAE model folders (--runs)")
-    x0 = _eval_set(run_dirs[0], data, num_images)
-    rows: list[dict[str, Any]] = []
-    for run in run_dirs:
-        folder = snapshot_at(run, images)
-        method, per_image = evaluate_model(folder, x0, steps=steps, seed=seed, batch_size=batch_size, device=device,
-                                           metrics=("ssim", "mse"), reconstruct=reconstruct)
-        if not method.has_shift:  # an autoencoder (evaluate_model) with G over a frozen prior: PDAE
-            raise ValueError(f"{folder}: the weighting ablation compares PDAE runs, got {method.name!r}")
-        prov = provenance(method)
-        cols = {"table": "ablation", "weighting": method.method_kwargs.get("weighting", "snr"), "steps": steps}
-        rows += [image_record(prov, k, v, "-", **cols, eval_seed=seed) for k, v in per_image.items()]
-        log = read_train_log(run)
-        losses = [float(r["loss"]) for r in log if images is None or int(r["images_seen"]) <= images]
-        if not losses:
-            raise ValueError(f"{run}: no logged loss up to {images} images")
-        rows.append(record(prov, "loss_cv", loss_cv(losses), "-", **cols))
-        rows.append(record(prov, "loss_final", losses[-1], "-", **cols))
-    return rows
-
-
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="records JSON file to write")
-    p.add_argument("--steps", type=int, default=20, help="DDIM steps of the reconstructions (default 20)")
-    p.add_argument("--num-images", type=int, default=64, help="held-out images evaluated (default 64)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the per-image x_T noise, the same for every model evaluated (default 0)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--data", default=None, help="YAML/JSON data spec to evaluate on (default: the model's data)")
-
-
-def _check_positive(args: argparse.Namespace) -> None:
-    for name in ("steps", "num_images", "batch_size"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-
-
 def _rules(args: argparse.Namespace) -> Rules:
     return Rules(args.level_fraction, args.plateau_window, args.plateau_tol_ssim, args.plateau_tol_mse_rel).check()
 
 
 def _run_efficiency(args: argparse.Namespace) -> int:
-    _check_positive(args)
+    check_positive(args)
     rules = _rules(args)
     device = resolve_device(args.device)
     metrics = tuple(args.metrics)
@@ -594,20 +368,6 @@ def _run_efficiency(args: argparse.Namespace) -> int:
              "= still improving; converged if <= tolerance"]
     write_records(args.out, rows, notes=notes, num_images=args.num_images, steps=args.steps, seed=args.seed,
                   **dataclasses.asdict(rules))
-    print(args.out)
-    return 0
-
-
-def _run_ablation(args: argparse.Namespace) -> int:
-    _check_positive(args)
-    if args.images is not None and args.images < 1:
-        raise ValueError(f"--images must be >= 1, got {args.images}")
-    rows = ablation_records(args.runs, steps=args.steps, num_images=args.num_images, seed=args.seed,
-                            batch_size=args.batch_size, device=resolve_device(args.device), data=args.data,
-                            images=args.images)
-    write_records(args.out, rows, notes=[RECON_NOTE, "loss_cv: population std / mean of the last half of the "
-                                         "logged losses"], num_images=args.num_images, steps=args.steps,
-                  seed=args.seed, images="final models" if args.images is None else args.images)
     print(args.out)
     return 0
 
@@ -629,15 +389,8 @@ def register_cli(subparsers: Any) -> None:
                    help="converged if SSIM improved by at most this over the window (default 0.01)")
     p.add_argument("--plateau-tol-mse-rel", type=float, default=Rules.tol_mse_rel,
                    help="converged if MSE improved by at most this fraction of the final MSE (default 0.05)")
-    _add_common(p)
+    add_common_args(p)
     add_backend_args(p)
     p.set_defaults(func=_run_efficiency)
 
-    q = subparsers.add_parser("ablation", help="loss-weighting ablation: PDAE snr vs uniform weighting",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    q.add_argument("--runs", nargs="+", required=True, help="PDAE model folders (method.weighting snr or uniform)")
-    q.add_argument("--images", type=int, default=None,
-                   help="compare every run after this many training images (a snapshot or the final model, and the "
-                        "log up to it); default: the final models")
-    _add_common(q)
-    q.set_defaults(func=_run_ablation)
+    add_ablation_parser(subparsers, __doc__)

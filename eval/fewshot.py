@@ -34,10 +34,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from eval import common
+from eval.latent_classifier import (  # the classifier and the sampler, also importable from here
+    DEFAULT_L2,
+    DEFAULT_LBFGS_ITER,
+    DEFAULT_PU_LR,
+    DEFAULT_PU_STEPS,
+    DRAW_BATCH,
+    RISKS,
+    AcceptanceResult,
+    LogisticClassifier,
+    acceptance_sample,
+    nnpu_risk,
+    train_latent_classifier,
+)
 from eval.reconstruct import encode_all
 from pdae import precision as precision_mod
 from eval.sample import (
@@ -55,171 +67,16 @@ from eval.sample import (
 )
 from eval.stats import FID_BOOTSTRAP
 
+__all__ = [
+    "DEFAULT_L2", "DEFAULT_LBFGS_ITER", "DEFAULT_PU_LR", "DEFAULT_PU_STEPS", "DRAW_BATCH", "FEWSHOT_SEED_OFFSET",
+    "RISKS", "SCENARIOS", "AcceptanceResult", "ClassSplit", "LogisticClassifier", "acceptance_sample", "class_split",
+    "choose_labelled", "fit_classifiers", "nnpu_risk", "register_cli", "run_fewshot", "stream_seed",
+    "train_latent_classifier",
+]
+
 SCENARIOS = ("binary", "pu")
-RISKS = ("logistic", "nnpu")
-DEFAULT_L2 = 1e-2          # lambda / 2 ||w||^2 added to the mean risk (normalised z)
-DEFAULT_LBFGS_ITER = 200   # binary: L-BFGS iterations (convex; reaches the optimum)
-DEFAULT_PU_STEPS = 500     # nnPU: full-batch Adam steps
-DEFAULT_PU_LR = 0.05
 # Seed stream of the few-shot draws, distinct from the other evaluations' x_T / z_T streams of the same seed.
 FEWSHOT_SEED_OFFSET = 800_000
-DRAW_BATCH = 256           # latent draws per acceptance round (fixed: results do not depend on --batch-size)
-
-
-# ------------------------------------------------------------------------------------------------
-# The latent classifier p(class | z).
-
-
-@dataclass(frozen=True)
-class LogisticClassifier:
-    """p(class | z) = sigmoid(w . (z - mean) / std + b).
-
-    Attributes: mean, std [D] (normalisation of raw z), weight [D], bias [] (float64).
-    """
-
-    mean: Tensor
-    std: Tensor
-    weight: Tensor
-    bias: Tensor
-
-    def logits(self, z: Tensor) -> Tensor:
-        """Raw z [N, D] -> logits [N] (float64, on z's device)."""
-        u = (z.double() - self.mean.to(z.device)) / self.std.to(z.device)
-        return u @ self.weight.to(z.device) + self.bias.to(z.device)
-
-    def prob(self, z: Tensor) -> Tensor:
-        """Raw z [N, D] -> p(class | z) [N]."""
-        return torch.sigmoid(self.logits(z))
-
-    def complement(self) -> LogisticClassifier:
-        """The classifier of the other class: 1 - sigmoid(g) = sigmoid(-g)."""
-        return LogisticClassifier(self.mean, self.std, -self.weight, -self.bias)
-
-
-# Non-negative PU risk (Kiryo et al. 2017, eq. 4 / Algorithm 1) with the logistic loss l(g, +-1) = softplus(-+g).
-def nnpu_risk(g_pos: Tensor, g_unl: Tensor, prior: float) -> tuple[Tensor, Tensor]:
-    """(positive part pi R_p^+, negative part R_u^- - pi R_p^-) of the unbiased PU risk; nnPU = pos + max(0, neg).
-
-    :param g_pos: logits of the labelled positives [P]; :param g_unl: logits of the unlabelled [U].
-    """
-    positive = prior * F.softplus(-g_pos).mean()
-    negative = F.softplus(g_unl).mean() - prior * F.softplus(g_pos).mean()
-    return positive, negative
-
-
-def train_latent_classifier(
-    z: Tensor,
-    y: Tensor,
-    *,
-    risk: str = "logistic",
-    class_prior: float | None = None,
-    mean: Tensor | None = None,
-    std: Tensor | None = None,
-    l2: float = DEFAULT_L2,
-    steps: int | None = None,
-    lr: float = DEFAULT_PU_LR,
-) -> LogisticClassifier:
-    """Fit p(class | z) on latents z [N, D] with targets y [N] in {0, 1}, deterministically (zero init, full batch).
-
-    risk "logistic": y = class labels; mean cross-entropy + l2/2 ||w||^2 by L-BFGS (`steps` iterations, default
-    DEFAULT_LBFGS_ITER). risk "nnpu": y = 1 for labelled positives, 0 for unlabelled; the nnPU risk with
-    `class_prior` pi plus l2/2 ||w||^2 by Adam (`steps`, default DEFAULT_PU_STEPS, `lr`); on a step where the
-    negative part is below 0, Kiryo's rule descends on -(negative part) instead. z is normalised with (mean, std)
-    (default: z's own statistics; pass the latent DPM's dataset statistics).
-    """
-    if risk not in RISKS:
-        raise ValueError(f"risk must be one of {RISKS}, got {risk!r}")
-    if z.ndim != 2 or y.shape != (z.shape[0],):
-        raise ValueError(f"train_latent_classifier: z [N, D] and y [N] expected, "
-                         f"got {tuple(z.shape)}, {tuple(y.shape)}")
-    y = y.double().cpu()
-    if not bool(((y == 0) | (y == 1)).all()) or int(y.sum()) in (0, len(y)):
-        raise ValueError("train_latent_classifier: y must be 0/1 with both values present")
-    z = z.double().cpu()
-    mean = z.mean(0) if mean is None else mean.double().cpu()
-    std = z.std(0).clamp_min(1e-8) if std is None else std.double().cpu()
-    u = (z - mean) / std
-    weight = torch.zeros(z.shape[1], dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    with torch.enable_grad():
-        if risk == "logistic":
-            opt = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=steps or DEFAULT_LBFGS_ITER, tolerance_grad=1e-9,
-                                    tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe")
-
-            def closure() -> Tensor:
-                opt.zero_grad()
-                loss = F.binary_cross_entropy_with_logits(u @ weight + bias, y) + 0.5 * l2 * weight.pow(2).sum()
-                loss.backward()
-                return loss
-
-            opt.step(closure)
-        else:
-            if class_prior is None or not 0.0 < class_prior < 1.0:
-                raise ValueError(f"nnPU needs a class prior in (0, 1), got {class_prior!r}")
-            pos, unl = u[y == 1], u[y == 0]
-            opt = torch.optim.Adam([weight, bias], lr=lr)
-            for _ in range(steps or DEFAULT_PU_STEPS):
-                opt.zero_grad()
-                positive, negative = nnpu_risk(pos @ weight + bias, unl @ weight + bias, class_prior)
-                objective = positive + negative if negative.item() >= 0.0 else -negative
-                (objective + 0.5 * l2 * weight.pow(2).sum()).backward()
-                opt.step()
-    return LogisticClassifier(mean, std, weight.detach(), bias.detach())
-
-
-# ------------------------------------------------------------------------------------------------
-# Acceptance sampling (D2C; paper §4.7): accepted draws are distributed as p(z | class).
-
-
-@dataclass(frozen=True)
-class AcceptanceResult:
-    """samples: the first n accepted draws [n, ...] (draw order); draws / accepted: totals over all rounds."""
-
-    samples: Tensor
-    draws: int
-    accepted: int
-
-    @property
-    def rate(self) -> float:
-        return self.accepted / self.draws
-
-
-def acceptance_sample(
-    draw_fn: Callable[[int], Tensor],
-    prob_fn: Callable[[Tensor], Tensor],
-    n: int,
-    generator: torch.Generator,
-    max_draws: int,
-    batch_size: int = DRAW_BATCH,
-) -> AcceptanceResult:
-    """Draw x ~ p(x) in rounds of `batch_size` (`draw_fn(k) -> [k, ...]`) and keep each with probability
-    `prob_fn(x) -> [k]` in [0, 1] (u < p, u ~ U[0, 1) from `generator`), until n are kept.
-
-    If p(c | x) = p(x | c) p(c) / p(x), the kept draws are i.i.d. from p(x | c) and the acceptance rate
-    estimates p(c). Raises a one-line ValueError if fewer than n are kept within `max_draws` draws.
-    """
-    if n < 1 or max_draws < 1 or batch_size < 1:
-        raise ValueError(f"acceptance_sample: n, max_draws, batch_size must be >= 1, "
-                         f"got {n}, {max_draws}, {batch_size}")
-    kept: list[Tensor] = []
-    draws = accepted = 0
-    while accepted < n:
-        if draws >= max_draws:
-            raise ValueError(
-                f"acceptance sampling: only {accepted} of {n} samples accepted after {draws} draws (rate "
-                f"{accepted / draws:.2g}); the classifier rarely accepts this class; raise --max-draws or check it"
-            )
-        k = min(batch_size, max_draws - draws)
-        x = draw_fn(k)
-        p = prob_fn(x).detach().double().cpu().reshape(-1)
-        if p.shape[0] != x.shape[0]:
-            raise ValueError(f"prob_fn returned {p.shape[0]} probabilities for {x.shape[0]} draws")
-        u = torch.rand(k, generator=generator, dtype=torch.float64, device=generator.device).cpu()
-        keep = u < p
-        kept.append(x[keep.to(x.device)])
-        draws += k
-        accepted += int(keep.sum())
-    return AcceptanceResult(torch.cat(kept)[:n], draws, accepted)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -325,83 +182,115 @@ def _latent_drawer(latent: Any, steps: int, seed: int, convention: str,
     return draw
 
 
-def run_fewshot(args: argparse.Namespace) -> int:
-    from eval.fid import compute_fid, fid_records, reference_stats
-    from pdae.data import build_dataset
+@dataclass(frozen=True)
+class _FewshotRun:
+    """What every class of one `python -m eval fewshot` run shares: the command line, the autoencoder and the
+    latent DPM, the class split of the training images [N, C, H, W], the metric backend, the image shape."""
 
-    device = common.resolve_device(args.device)
-    ae = common.load_model(args.autoencoder, "autoencoder", device)
-    latent = common.load_model(args.latent, "latent", device, companion_of=ae)
-    clip_latent = set_clip_latent(latent, args.clip_latent)
+    args: argparse.Namespace
+    ae: Any
+    latent: Any
+    split: ClassSplit
+    images: Tensor
+    backend: Any
+    shape: tuple[int, int, int]
+    cuda: bool
+
+
+def _check_counts(args: argparse.Namespace) -> None:
     for name in ("num_labelled", "num_samples", "max_draws"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
-    spec = common.data_spec(ae, args.data)
-    ds = build_dataset(spec, split="train")
-    split = class_split(ds, args.attribute, args.positive_classes, args.class_names)
-    images = torch.stack([ds[i][0] for i in range(len(ds))])  # [N, C, H, W], the whole training split
-    backend = common.backend_from_args(args, device)
-    shape = image_shape(ae, args.data)
-    cuda = device.type == "cuda"
-    generator = torch.Generator().manual_seed(args.seed * 1_000_003 + SCENARIOS.index(args.scenario))
 
-    lat_mean, lat_std = latent.latent_statistics()
-    # One classifier per class: p(class | z).
-    classes: list[tuple[str, LogisticClassifier, dict[str, Any]]] = []
-    if args.scenario == "binary":
-        idx, y = choose_labelled(split.positive, "binary", args.num_labelled, 0, generator)
-        clf = train_latent_classifier(encode_all(ae, images[idx], args.batch_size), y, risk="logistic",
-                                      mean=lat_mean, std=lat_std, l2=args.l2)
-        info = {"labelled": idx.tolist()}
-        classes = [(split.names[0], clf, info), (split.names[1], clf.complement(), info)]
-    else:
-        for k, member in enumerate((split.positive, ~split.positive)):
-            idx, y = choose_labelled(member, "pu", args.num_labelled, args.num_unlabelled, generator)
-            prior = float(member.double().mean()) if args.class_prior is None else (
-                args.class_prior if k == 0 else 1.0 - args.class_prior)
-            clf = train_latent_classifier(encode_all(ae, images[idx], args.batch_size), y, risk="nnpu",
-                                          class_prior=prior, mean=lat_mean, std=lat_std, l2=args.l2)
-            info = {"labelled": idx[y == 1].tolist(), "num_unlabelled": int((y == 0).sum()), "class_prior": prior}
-            classes.append((split.names[k], clf, info))
 
+def _binary_classifiers(run: _FewshotRun, generator: torch.Generator, mean: Tensor,
+                        std: Tensor) -> list[tuple[str, LogisticClassifier, dict[str, Any]]]:
+    """binary: one logistic regression on num_labelled/2 images per class; the negative class its complement."""
+    args, split = run.args, run.split
+    idx, y = choose_labelled(split.positive, "binary", args.num_labelled, 0, generator)
+    clf = train_latent_classifier(encode_all(run.ae, run.images[idx], args.batch_size), y, risk="logistic",
+                                  mean=mean, std=std, l2=args.l2)
+    info = {"labelled": idx.tolist()}
+    return [(split.names[0], clf, info), (split.names[1], clf.complement(), info)]
+
+
+def _pu_classifiers(run: _FewshotRun, generator: torch.Generator, mean: Tensor,
+                    std: Tensor) -> list[tuple[str, LogisticClassifier, dict[str, Any]]]:
+    """pu: for each class in turn, an nnPU classifier of its labelled images against unlabelled ones."""
+    args, split = run.args, run.split
+    classes = []
+    for k, member in enumerate((split.positive, ~split.positive)):
+        idx, y = choose_labelled(member, "pu", args.num_labelled, args.num_unlabelled, generator)
+        prior = float(member.double().mean()) if args.class_prior is None else (
+            args.class_prior if k == 0 else 1.0 - args.class_prior)
+        clf = train_latent_classifier(encode_all(run.ae, run.images[idx], args.batch_size), y, risk="nnpu",
+                                      class_prior=prior, mean=mean, std=std, l2=args.l2)
+        info = {"labelled": idx[y == 1].tolist(), "num_unlabelled": int((y == 0).sum()), "class_prior": prior}
+        classes.append((split.names[k], clf, info))
+    return classes
+
+
+def fit_classifiers(run: _FewshotRun, generator: torch.Generator) -> list[tuple[str, LogisticClassifier, dict[str, Any]]]:
+    """One classifier per class, p(class | z) on z normalised with the latent DPM's statistics -> [(class name,
+    classifier, what it was trained on)], positive class first."""
+    lat_mean, lat_std = run.latent.latent_statistics()
+    if run.args.scenario == "binary":
+        return _binary_classifiers(run, generator, lat_mean, lat_std)
+    return _pu_classifiers(run, generator, lat_mean, lat_std)
+
+
+def _sample_class(run: _FewshotRun, k: int, clf: LogisticClassifier) -> tuple[AcceptanceResult, Tensor]:
+    """Acceptance sampling of class k's z from the latent DPM, decoded -> (result, images in [-1, 1])."""
+    args = run.args
+    seed_k = stream_seed(args.seed, args.scenario, k)
+    result = acceptance_sample(
+        _latent_drawer(run.latent, args.steps, seed_k, args.convention, args.precision),
+        clf.prob,
+        args.num_samples, torch.Generator().manual_seed(seed_k), args.max_draws,
+    )
+    x_T = common.image_noise(run.shape, range(args.num_samples), seed_k)
+    samples = decode(run.ae, result.samples, x_T, args.steps, args.stop_fraction, convention=args.convention,
+                     batch_size=args.batch_size, precision=args.precision).clamp(-1.0, 1.0)
+    return result, samples
+
+
+ClassResult = tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any], Tensor]
+
+
+def _evaluate_class(run: _FewshotRun, k: int, name: str, clf: LogisticClassifier, info: dict[str, Any],
+                    z_all: Tensor, prov: dict[str, Any], naive_images: Tensor) -> ClassResult:
+    """Class k: samples, their FID and the naive baseline's against the class, the acceptance rate
+    -> (records, the FID reference's protocol, the class's metadata, its first grid_samples samples)."""
+    from eval.fid import compute_fid, fid_records, reference_stats
+
+    args, backend = run.args, run.backend
+    member = run.split.positive if k == 0 else ~run.split.positive
     # Accuracy of each classifier on the whole training split (diagnostic).
-    z_all = encode_all(ae, images, args.batch_size)
-    prov = common.provenance(ae, eval_seed=args.seed)
-    rows, grid, meta_classes, ref_images = [], [], {}, {}
-    # The naive baseline: num_samples real training images of any class, the same for both classes.
-    naive_images = images[torch.from_numpy(real_sample_indices(len(images), args.num_samples, args.seed))]
-    fid_kw = dict(kid=False, batch_size=args.batch_size, cuda=cuda, bootstrap=args.bootstrap)
-    for k, (name, clf, info) in enumerate(classes):
-        member = split.positive if k == 0 else ~split.positive
-        accuracy = float(((clf.prob(z_all) > 0.5) == member).double().mean())
-        seed_k = stream_seed(args.seed, args.scenario, k)
-        result = acceptance_sample(
-            _latent_drawer(latent, args.steps, seed_k, args.convention, args.precision),
-            clf.prob,
-            args.num_samples, torch.Generator().manual_seed(seed_k), args.max_draws,
-        )
-        x_T = common.image_noise(shape, range(args.num_samples), seed_k)
-        samples = decode(ae, result.samples, x_T, args.steps, args.stop_fraction, convention=args.convention,
-                         batch_size=args.batch_size, precision=args.precision).clamp(-1.0, 1.0)
-        reference, _ = reference_stats(args.reference_stats[k] if args.reference_stats else images[member], backend,
-                                       batch_size=args.batch_size, cuda=cuda)
-        cols = dict(table="fewshot", scenario=args.scenario, **{"class": name})
-        # Bootstrap seeds: PDAE's per scenario and class; naive's per class only, so its rows repeat exactly.
-        res = compute_fid(samples, reference, backend, bootstrap_seed=bootstrap_seed(
-            args.seed, 1 + SCENARIOS.index(args.scenario), k), **fid_kw)
-        naive = compute_fid(naive_images, reference, backend, bootstrap_seed=bootstrap_seed(args.seed, 0, k), **fid_kw)
-        rows += fid_records(prov, res, **cols)
-        rows.append(common.record(prov, "acceptance_rate", result.rate, "-", **cols))
-        rows += fid_records({**prov, "method": "naive"}, naive, **cols)
-        # The FID reference of the class (eval.tables names it): its image count, and where it came from a
-        # statistics file (--reference-stats), that file's split and selection (eval.sample.reference_protocol).
-        ref = reference_protocol(reference) if args.reference_stats else {"ref_images": int(member.sum())}
-        ref_images[name] = ref["ref_images"]
-        meta_classes[name] = {**info, "num_class_images": int(member.sum()), "draws": result.draws,
-                              "classifier_train_split_accuracy": accuracy,
-                              **({"reference": ref} if args.reference_stats else {})}
-        grid.append(samples[: args.grid_samples])
-    meta = dict(
+    accuracy = float(((clf.prob(z_all) > 0.5) == member).double().mean())
+    result, samples = _sample_class(run, k, clf)
+    reference, _ = reference_stats(args.reference_stats[k] if args.reference_stats else run.images[member], backend,
+                                   batch_size=args.batch_size, cuda=run.cuda)
+    cols = dict(table="fewshot", scenario=args.scenario, **{"class": name})
+    fid_kw = dict(kid=False, batch_size=args.batch_size, cuda=run.cuda, bootstrap=args.bootstrap)
+    # Bootstrap seeds: PDAE's per scenario and class; naive's per class only, so its rows repeat exactly.
+    res = compute_fid(samples, reference, backend, bootstrap_seed=bootstrap_seed(
+        args.seed, 1 + SCENARIOS.index(args.scenario), k), **fid_kw)
+    naive = compute_fid(naive_images, reference, backend, bootstrap_seed=bootstrap_seed(args.seed, 0, k), **fid_kw)
+    rows = fid_records(prov, res, **cols)
+    rows.append(common.record(prov, "acceptance_rate", result.rate, "-", **cols))
+    rows += fid_records({**prov, "method": "naive"}, naive, **cols)
+    # The FID reference of the class (eval.tables names it): its image count, and where it came from a
+    # statistics file (--reference-stats), that file's split and selection (eval.sample.reference_protocol).
+    ref = reference_protocol(reference) if args.reference_stats else {"ref_images": int(member.sum())}
+    meta_class = {**info, "num_class_images": int(member.sum()), "draws": result.draws,
+                  "classifier_train_split_accuracy": accuracy, **({"reference": ref} if args.reference_stats else {})}
+    return rows, ref, meta_class, samples[: args.grid_samples]
+
+
+def _fewshot_meta(args: argparse.Namespace, device: Any, clip_latent: bool, naive_images: Tensor,
+                  meta_classes: dict[str, Any]) -> dict[str, Any]:
+    """The records file's metadata: the protocol, its settings and each class's."""
+    return dict(
         command="fewshot", scenario=args.scenario, steps=args.steps, convention=args.convention,
         stop_fraction=args.stop_fraction, num_samples=args.num_samples, num_labelled=args.num_labelled,
         precision=precision_mod.resolve(args.precision, device),
@@ -420,17 +309,53 @@ def run_fewshot(args: argparse.Namespace) -> int:
               "same n as the samples; the naive images may overlap the class reference. fid rows: values = "
               "bootstrap replicates (units 'bootstrap': samples resampled with replacement, reference fixed)",
     )
-    # The protocol of every row (eval.tables names it): the class definition (`attribute`: the attribute of
-    # --attribute, e.g. Blond_Hair, so several attributes' records of one model stay distinct rows), the data
-    # (training split of --data) and each class's reference size, the latent clamp and the DDIM step rule (latent
-    # DPM and decoder with the same steps); neither of the last two applies to the naive baseline, which samples
-    # nothing (so its rows stay equal across the autoencoders' records files, and eval.tables keeps them once).
+
+
+def _with_protocol(rows: list[dict[str, Any]], args: argparse.Namespace, spec: dict[str, Any],
+                   ref_images: dict[str, int], clip_latent: bool) -> list[dict[str, Any]]:
+    """The protocol of every row (eval.tables names it): the class definition (`attribute`: the attribute of
+    --attribute, e.g. Blond_Hair, so several attributes' records of one model stay distinct rows), the data
+    (training split of --data) and each class's reference size, the latent clamp and the DDIM step rule (latent
+    DPM and decoder with the same steps); neither of the last two applies to the naive baseline, which samples
+    nothing (so its rows stay equal across the autoencoders' records files, and eval.tables keeps them once)."""
     attribute = args.attribute if args.attribute else "-"
-    rows = [{**r, "attribute": attribute, "eval_data": common.data_slug(spec), "split": "train",
+    return [{**r, "attribute": attribute, "eval_data": common.data_slug(spec), "split": "train",
              "ref_images": ref_images[r["class"]],
              **({"clip_latent": "-", "step_rule": "-"} if r["method"] == "naive"
                 else {"clip_latent": clip_latent, "step_rule": "latent T -> decode T"})} for r in rows]
-    common.write_records(args.out, rows, **meta)
+
+
+def run_fewshot(args: argparse.Namespace) -> int:
+    """`python -m eval fewshot`: classifiers, acceptance sampling and FID per class (module docstring)."""
+    from pdae.data import build_dataset
+
+    device = common.resolve_device(args.device)
+    ae = common.load_model(args.autoencoder, "autoencoder", device)
+    latent = common.load_model(args.latent, "latent", device, companion_of=ae)
+    clip_latent = set_clip_latent(latent, args.clip_latent)
+    _check_counts(args)
+    spec = common.data_spec(ae, args.data)
+    ds = build_dataset(spec, split="train")
+    split = class_split(ds, args.attribute, args.positive_classes, args.class_names)
+    images = torch.stack([ds[i][0] for i in range(len(ds))])  # [N, C, H, W], the whole training split
+    backend = common.backend_from_args(args, device)
+    run = _FewshotRun(args, ae, latent, split, images, backend, image_shape(ae, args.data), device.type == "cuda")
+    generator = torch.Generator().manual_seed(args.seed * 1_000_003 + SCENARIOS.index(args.scenario))
+    classes = fit_classifiers(run, generator)
+
+    z_all = encode_all(ae, images, args.batch_size)
+    prov = common.provenance(ae, eval_seed=args.seed)
+    rows, grid, meta_classes, ref_images = [], [], {}, {}
+    # The naive baseline: num_samples real training images of any class, the same for both classes.
+    naive_images = images[torch.from_numpy(real_sample_indices(len(images), args.num_samples, args.seed))]
+    for k, (name, clf, info) in enumerate(classes):
+        class_rows, ref, meta_class, grid_samples = _evaluate_class(run, k, name, clf, info, z_all, prov, naive_images)
+        rows += class_rows
+        ref_images[name] = ref["ref_images"]
+        meta_classes[name] = meta_class
+        grid.append(grid_samples)
+    meta = _fewshot_meta(args, device, clip_latent, naive_images, meta_classes)
+    common.write_records(args.out, _with_protocol(rows, args, spec, ref_images, clip_latent), **meta)
     if args.arrays:
         write_arrays(args.arrays, {"grid": torch.stack(grid), "row_labels": [c[0] for c in classes],
                                    "col_labels": [f"sample {i}" for i in range(grid[0].shape[0])]},

@@ -11,7 +11,8 @@ under `torchrun`, generators seeded per rank from the run seed, a JSONL log and 
 Resume: every `resume_every_images` the whole training state (weights, EMA, optimizer, RNG states,
 images seen) is written atomically to `<out>.resume/state.pt`; rerunning the same command continues from
 it, and the result is bitwise equal to an uninterrupted run (CPU). The final model folder (EMA weights)
-is written once, at the end, atomically; then the resume directory is removed. Outputs follow
+is written once, at the end, atomically; then the resume directory is removed. The run's files besides its
+model folders (output checks, resume state, log, metadata) are `pdae.train_state`. Outputs follow
 `pdae.fsutil`: one writer per output (`<out>.lock`), every temporary file in the run's staging folder
 `.<out>.pdae-staging` (never in a final folder, even after `kill -9`), nothing replaced or removed that
 this program did not write; SIGINT/SIGTERM stop at the next step boundary with a resume state.
@@ -46,46 +47,13 @@ from pdae.methods import Method, build_method, export_method
 from pdae.optim import (  # noqa: F401 - also importable from here (pdae.bench, tests, benchmarks)
     EMA, Stepper, _make_optimizer, adam_optimizer, amp_enabled, channels_last_enabled, ema_decay_at, train_step,
 )
-from pdae.provenance import code_version, sha256_bytes, utc_now
 from pdae.run_control import (  # noqa: F401 - also importable from here (pdae.cli, tests)
     DistInfo, LossMeter, StopSignals, TrainingError, TrainingInterrupted, _barrier, _gather_objects, init_distributed,
 )
-
-STATE_FILE = "state.pt"
-LOG_FILE = "train_log.jsonl"
-
-
-def _atomic_torch_save(obj: Any, path: Path, staging: fsutil.RunStaging | None = None) -> None:
-    """torch.save to the run's staging folder (else a hidden sibling), fsync, rename over `path`: `path` is the
-    old or the new state, never a partial one; a failed write (disk full) is a one-line WriteError."""
-    tmp = staging.new_path(path.name) if staging is not None else path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with fsutil.writing(path, cleanup=[tmp]):
-        torch.save(obj, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-
-
-def _run_fingerprint(method_name: str, cfg: RunConfig, seed: int, world: int, extra: dict[str, Any]) -> str:
-    blob = json.dumps({"method": method_name, "config": cfg.to_dict(), "seed": seed, "world": world, **extra},
-                      sort_keys=True, default=str)
-    return sha256_bytes(blob.encode())[:16]
-
-
-def _log_lines_upto(path: Path, images_seen: int, staging: fsutil.RunStaging | None = None) -> None:
-    """Drop log entries written after the resume point (they will be written again), and a last line cut short
-    by a kill (it is after the resume point too); the log is rewritten atomically."""
-    if not path.exists():
-        return
-    keep = []
-    for ln in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(ln)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("images_seen"), int) and record["images_seen"] <= images_seen:
-            keep.append(ln)
-    fsutil.write_bytes_atomic(path, "".join(ln + "\n" for ln in keep).encode(), staging)
+from pdae.train_state import (  # the run's files besides its model folders
+    LOG_FILE, STATE_FILE, atomic_torch_save, check_output_paths, log_lines_upto, model_metadata, read_resume_state,
+    run_fingerprint, trainable_state_keys,
+)
 
 
 @dataclasses.dataclass
@@ -130,11 +98,11 @@ def train(
     with contextlib.ExitStack() as stack:
         staging = None
         if main:
-            _check_output_paths(out_dir, resume_dir)
+            check_output_paths(out_dir, resume_dir)
             stack.enter_context(fsutil.OutputLock(out_dir))
             if resume_dir != out_dir.with_name(out_dir.name + ".resume"):
                 stack.enter_context(fsutil.OutputLock(resume_dir, "--resume-dir"))
-            _check_output_paths(out_dir, resume_dir)  # again, now that no other run can change them
+            check_output_paths(out_dir, resume_dir)  # again, now that no other run can change them
             staging = stack.enter_context(fsutil.RunStaging(out_dir))
             fsutil.remove_legacy_temps(resume_dir)
         stop = stack.enter_context(StopSignals())
@@ -145,21 +113,6 @@ def train(
         except MemoryError:
             raise TrainingError(f"out of memory while training {method_name} (config.nets sizes, train.batch_size); "
                                 f"the last resume state, if any, is kept in {resume_dir}") from None
-
-
-def _check_output_paths(out_dir: Path, resume_dir: Path) -> None:
-    """`out_dir` must not exist; the resume folder must be ours (or missing/empty), separate from `out_dir`
-    and on the same file system as the staging folder beside `out_dir` (files are renamed between them)."""
-    if out_dir.exists() or out_dir.is_symlink():
-        what = "folder" if out_dir.is_dir() else "file"
-        raise TrainingError(f"{out_dir}: output {what} exists; remove it or choose another --out to train again")
-    if fsutil.overlaps(out_dir, resume_dir):
-        raise TrainingError(f"--resume-dir {resume_dir} and --out {out_dir} overlap (one is inside the other); "
-                            "choose separate folders")
-    fsutil.check_resume_folder(resume_dir)
-    if not fsutil.same_filesystem(out_dir.parent, resume_dir.parent):
-        raise TrainingError(f"--resume-dir {resume_dir} is not on the file system of --out {out_dir}; "
-                            "choose a resume folder beside the output")
 
 
 def _train_run(
@@ -284,9 +237,9 @@ class _Run:
                           params, use_amp, tc.grad_clip, dev)
         generator = torch.Generator(dev).manual_seed(seed * 1000 + dist_info.rank)
         torch.manual_seed(seed * 1000 + dist_info.rank + 1)  # dropout
-        fingerprint = _run_fingerprint(method_name, cfg, seed, dist_info.world,  # the resolved precision too: a
-                                       {"dpm": str(dpm_dir), "encoder": str(encoder_dir),  # resume never mixes them
-                                        "precision": "bf16" if use_amp else "fp32", "channels_last": channels_last})
+        fingerprint = run_fingerprint(method_name, cfg, seed, dist_info.world,  # the resolved precision too: a
+                                      {"dpm": str(dpm_dir), "encoder": str(encoder_dir),  # resume never mixes them
+                                       "precision": "bf16" if use_amp else "fp32", "channels_last": channels_last})
         return cls(method_name, cfg, out_dir, resume_dir, staging, dpm_dir, encoder_dir, seed, dev, dist_info,
                    dataset, hflip, channels_last, stepper, generator, fingerprint)
 
@@ -300,17 +253,7 @@ class _Run:
         make the resume folder and drop log lines written after the resume point."""
         st = self.stepper
         if self.state_path.exists():
-            from pdae.checkpoint import _check_declared_sizes
-
-            _check_declared_sizes(self.state_path)  # no memory bomb: sizes bounded by the file's (one-line CheckpointError)
-            try:
-                state = torch.load(self.state_path, map_location="cpu", weights_only=True)
-            except Exception as exc:  # noqa: BLE001 - any unreadable state is reported in one line
-                raise TrainingError(f"{self.state_path}: unreadable resume state ({type(exc).__name__}); "
-                                    "delete it to restart") from None
-            if state.get("fingerprint") != self.fingerprint:
-                raise TrainingError(f"{self.state_path}: resume state belongs to a different config/seed; "
-                                    f"delete {self.resume_dir} to restart")
+            state = read_resume_state(self.state_path, self.fingerprint, self.resume_dir)
             rng = state["rng"][self.dist_info.rank]
             st.method.load_state_dict(state["model"], strict=False)
             st.optimizer.load_state_dict(state["optimizer"])
@@ -325,7 +268,7 @@ class _Run:
         if self.dist_info.main:
             with fsutil.writing(self.resume_dir):
                 self.resume_dir.mkdir(parents=True, exist_ok=True)
-            _log_lines_upto(self.resume_dir / LOG_FILE, self.images_seen, self.staging)
+            log_lines_upto(self.resume_dir / LOG_FILE, self.images_seen, self.staging)
 
     def save_resume(self) -> None:
         """The whole training state, every rank's RNG states gathered, written atomically by the main rank."""
@@ -337,11 +280,11 @@ class _Run:
             st = self.stepper
             state = {
                 "fingerprint": self.fingerprint, "images_seen": self.images_seen, "wall_time_s": self.wall(),
-                "model": {k: v for k, v in st.method.state_dict().items() if k in _trainable_state_keys(st.method)},
+                "model": {k: v for k, v in st.method.state_dict().items() if k in trainable_state_keys(st.method)},
                 "optimizer": st.optimizer.state_dict(), "ema": st.ema.state_dict(), "rng": all_rng,
                 "log_acc": self.meter.state(),
             }
-            _atomic_torch_save(state, self.state_path, self.staging)
+            atomic_torch_save(state, self.state_path, self.staging)
 
     # --- the loop -----------------------------------------------------------------------------------------------
     def wall(self) -> float:
@@ -434,9 +377,9 @@ class _Run:
 
     # --- exports ------------------------------------------------------------------------------------------------
     def _metadata(self, images_seen: int, wall_s: float) -> dict[str, Any]:
-        return _metadata(self.method_name, self.cfg, self.seed, images_seen, images_seen // self.cfg.train.batch_size,
-                         wall_s, self.dist_info, self.dpm_dir, self.encoder_dir,
-                         "bf16" if self.stepper.use_amp else "fp32")
+        return model_metadata(self.method_name, self.cfg, self.seed, images_seen,
+                              images_seen // self.cfg.train.batch_size, wall_s, self.dist_info, self.dpm_dir,
+                              self.encoder_dir, "bf16" if self.stepper.use_amp else "fp32")
 
     def save_snapshot(self, n_images: int) -> None:
         """The EMA weights after `n_images` images as a model folder under `<resume_dir>/snapshots/` (built in
@@ -481,24 +424,6 @@ class _Run:
 def _crossed(images_seen: int, batch_size: int, every: int) -> bool:
     """Whether the step that just ended (batch_size images, up to images_seen) crossed a multiple of `every`."""
     return images_seen // every != (images_seen - batch_size) // every
-
-
-def _trainable_state_keys(method: Method) -> set[str]:
-    """State-dict keys that training changes (frozen priors are rebuilt from their own folder)."""
-    return {n for n, p in method.named_parameters() if p.requires_grad} | {
-        n for n, _ in method.named_buffers() if not n.startswith(("estimator.prior.",))
-    }
-
-
-def _metadata(method_name: str, cfg: RunConfig, seed: int, images_seen: int, steps: int, wall_s: float,
-              dist_info: DistInfo, dpm_dir: Any, encoder_dir: Any, precision: str = "fp32") -> dict[str, Any]:
-    return {
-        "method": method_name, "seed": seed, "images_seen": images_seen, "steps": steps,
-        "batch_size": cfg.train.batch_size, "wall_time_s": round(wall_s, 3), "world_size": dist_info.world,
-        "code_version": code_version(), "created": utc_now(), "torch": torch.__version__,
-        "dpm": str(dpm_dir) if dpm_dir else None, "encoder": str(encoder_dir) if encoder_dir else None,
-        "data": cfg.data, "precision": precision,
-    }
 
 
 def _progress_bar(total: int, initial: int, desc: str, enabled: bool, batch_size: int) -> Any:

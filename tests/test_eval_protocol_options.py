@@ -89,7 +89,7 @@ def test_reconstruct_every_image_of_an_image_folder_beyond_the_held_out_split(fo
     lmdb.mkdir()
     (lmdb / "data.mdb").write_bytes(b"")
     with pytest.raises(ValueError, match="--data .*variant"):
-        common.data_spec(__import__("pdae.methods", fromlist=["load_method"]).load_method(folders["pdae"], "cpu"),
+        common.data_spec(__import__("pdae.checkpoint", fromlist=["load_method"]).load_method(folders["pdae"], "cpu"),
                          str(lmdb))
 
 

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from eval import common
 from eval import cli
@@ -32,6 +31,7 @@ from pdae.checkpoint import save_model_folder
 from pdae.diffusion.sampling import ddim_sample
 from pdae.diffusion.schedule import Schedule
 from pdae.methods import Method, build_method, export_method
+from pdae.methods.latent import LatentDPM, LatentStats
 
 DATA = {"name": "digits", "image_size": 8, "channels": 1}
 INFO = {"image_size": 8, "channels": 1, "num_classes": 10, "num_attributes": 0}
@@ -111,14 +111,17 @@ class PointMassLatent(Method):
     def __init__(self, m: float, clip_latent: bool, dim: int = 4) -> None:
         super().__init__()
         self.schedule = Schedule.from_name("const", 100, beta=0.02)
-        self.stats = nn.Module()
-        self.stats.register_buffer("mean", torch.arange(dim, dtype=torch.float32))
-        self.stats.register_buffer("std", torch.full((dim,), 2.0))
-        self.stats.denormalize = lambda z: z * self.stats.std + self.stats.mean
+        self.stats = LatentStats(dim)
+        self.stats.mean.copy_(torch.arange(dim, dtype=torch.float32))
+        self.stats.std.fill_(2.0)
         self.method_kwargs = {"clip_latent": clip_latent}
         self.latent_dim = dim
         self.m = m
         self.max_input = 0.0
+
+    # the latent DPM's public statistics interface, as `LatentDPM` has it
+    latent_statistics = LatentDPM.latent_statistics
+    denormalize = LatentDPM.denormalize
 
     def denoiser(self, cond: Any = None):
         ab = self.schedule.alpha_bar.float()

@@ -7,8 +7,8 @@ Layers, lowest first; a module may import its own layer and the layers listed as
     core        pdae.diffusion.*, pdae.data                        -- Diffusion / Data
     nets        pdae.nets.*                                        -- network modules, pure key mapping
     methods     pdae.methods.*
-    checkpoint  pdae.checkpoint                                    -- model folders (above Methods)
-    app         pdae.importers.*, pdae.training, pdae.batches, pdae.optim, pdae.bench,
+    checkpoint  pdae.checkpoint, pdae.components                   -- model folders (above Methods)
+    app         pdae.importers.*, pdae.training, pdae.train_state, pdae.batches, pdae.optim, pdae.bench,
                 pdae.config (validates the `method`/`nets` sections against their classes, so it reads
                 methods and nets: it belongs with training, not with the utilities)
     cli         pdae.cli, pdae.__main__
@@ -22,8 +22,8 @@ Edges come from `import` / `from ... import` statements anywhere in a module (in
 `importlib.import_module("...")` / `__import__("...")` with a literal name, from literal "module:attr"
 references to project modules, and, in a module that calls `import_module` / `__import__` on a computed name,
 from every string literal that names a project module (the strings that `importlib.import_module` later
-resolves: they are imports too, just hidden). An edge that cannot be removed yet is listed in ALLOWED with its reason; an ALLOWED entry
-that no longer occurs fails the test, so the list only shrinks.
+resolves: they are imports too, just hidden). No upward edge is allowed: the last one (a `pdae.methods.load_method`
+forwarder into pdae.checkpoint) is gone.
 """
 
 from __future__ import annotations
@@ -52,8 +52,10 @@ LAYER_OF = {
     "pdae.nets": "nets",
     "pdae.methods": "methods",
     "pdae.checkpoint": "checkpoint",
+    "pdae.components": "checkpoint",
     "pdae.importers": "app",
     "pdae.training": "app",
+    "pdae.train_state": "app",
     "pdae.batches": "app",
     "pdae.optim": "app",
     "pdae.bench": "app",
@@ -76,8 +78,6 @@ MAY_IMPORT = {
     "eval": {"checkpoint", "methods", "nets", "core", "util"},
     "eval-cli": {"eval", "checkpoint", "methods", "nets", "core", "util"},
 }
-# (importer module, imported module) -> reason, exact names. Keep short; every entry is a known debt.
-ALLOWED: dict[tuple[str, str], str] = {}
 # Modules whose literal "module:attr" references / string imports of project modules are still there.
 STRING_IMPORTS_ALLOWED: dict[str, str] = {
     "eval.cli": (
@@ -169,11 +169,6 @@ def layer(module: str) -> str:
     raise KeyError(module)
 
 
-def _allowed(importer: str, imported: str) -> bool:
-    """Exactly the listed modules: an allowed package __init__ does not admit its submodules."""
-    return (importer, imported) in ALLOWED
-
-
 def test_every_module_has_a_layer() -> None:
     modules, _ = scan()
     missing = sorted(m for m in modules if not any(m == p or m.startswith(p + ".") for p in LAYER_OF))
@@ -186,7 +181,7 @@ def test_no_upward_imports() -> None:
     for importer, targets in sorted(edges.items()):
         for imported, line, kind in sorted(targets):
             src, dst = layer(importer), layer(imported)
-            if dst != src and dst not in MAY_IMPORT[src] and not _allowed(importer, imported):
+            if dst != src and dst not in MAY_IMPORT[src]:
                 bad.append(f"{importer}:{line} ({src}) -> {imported} ({dst}) [{kind}]")
     assert not bad, "upward imports:\n" + "\n".join(bad)
 
@@ -196,15 +191,6 @@ def test_no_string_imports_of_project_modules() -> None:
     bad = [f"{m}:{line} -> {t}" for m, targets in sorted(edges.items()) for t, line, kind in sorted(targets)
            if kind == "string" and m not in STRING_IMPORTS_ALLOWED]
     assert not bad, "string imports of project modules (import them, or register the class):\n" + "\n".join(bad)
-
-
-@pytest.mark.parametrize("pair", sorted(ALLOWED))
-def test_allowed_edges_still_exist(pair: tuple[str, str]) -> None:
-    _, edges = scan()
-    importer, imported = pair
-    assert any(t == imported for t, _, _ in edges.get(importer, ())), (
-        f"{importer} -> {imported} no longer occurs: remove it from ALLOWED"
-    )
 
 
 @pytest.mark.parametrize("module", sorted(STRING_IMPORTS_ALLOWED))

@@ -1,4 +1,4 @@
-"""Pickled config objects and enums load as inert stand-ins; calls into code are refused (pdae/safe_pickle.py).
+"""Pickled config objects and enums load as inert stand-ins; calls into code are refused (pdae/safe_pickle/).
 
 The checkpoints are built here: a throwaway module (a Diff-AE-like `TrainConfig` dataclass and enums, whose
 import writes a marker file) is importable only while saving, as when a Lightning checkpoint is read on a

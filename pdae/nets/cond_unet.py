@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 
 import torch
@@ -26,6 +26,7 @@ from torch import nn
 
 from pdae.nets.configurable import register_to_config
 from pdae.nets.latent_mlp import DIFFAE_LATENT_PREFIX
+from pdae.nets.prior import FeatureLayout
 from pdae.nets.layers import (
     AttentionBlock,
     EmbedSequential,
@@ -45,13 +46,21 @@ __all__ = [
 ]
 
 
-# Diff-AE ResBlock with two conditions (official `ResBlock` with `two_cond=True`, `apply_conditions`).
 class DiffAEAttentionBlock(AttentionBlock):
     """`AttentionBlock` with Diff-AE's GroupNorm(min(32, C), C)."""
 
     make_norm = staticmethod(diffae_normalization)
 
 
+def _diffae_attention(num_heads: int, head_channels: int, new_attention_order: bool) -> Callable[[int], nn.Module]:
+    """C -> Diff-AE attention block (GroupNorm(min(32, C), C)) with these heads."""
+    return partial(
+        DiffAEAttentionBlock, num_heads=num_heads, num_head_channels=head_channels,
+        use_new_attention_order=new_attention_order,
+    )
+
+
+# Diff-AE ResBlock with two conditions (official `ResBlock` with `two_cond=True`, `apply_conditions`).
 class CondResBlock(ResBlock):
     """ADM ResBlock whose AdaGN is also scaled by z (official Diff-AE code, model/blocks.py `apply_conditions`):
 
@@ -173,10 +182,7 @@ class DiffAEEncoder(nn.Module):
         self.config.update(channel_mult=list(channel_mult), attention_resolutions=list(attention_resolutions))
         self.image_size = image_size
         self.in_channels = in_channels
-        attention = partial(
-            DiffAEAttentionBlock, num_heads=num_heads, num_head_channels=head_channels,
-            use_new_attention_order=new_attention_order,
-        )
+        attention = _diffae_attention(num_heads, head_channels, new_attention_order)
         self.input_blocks = build_input_blocks(
             in_channels, base_channels, channel_mult, num_res_blocks, attention_ds,
             nn.Sequential, lambda c_in, c_out, down: EncoderResBlock(c_in, c_out, down=down), attention,
@@ -198,6 +204,28 @@ class DiffAEEncoder(nn.Module):
         for block in self.input_blocks:
             h = block(h)
         return self.out(self.middle_block(h))
+
+
+def _checked_levels(
+    image_size: int,
+    channel_mult: Sequence[int],
+    num_res_blocks: int,
+    attention_resolutions: Sequence[int],
+    enc_channel_mult: Sequence[int],
+    enc_attention_resolutions: Sequence[int],
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """`DiffAEUNet`'s levels checked (one-line ValueError naming its argument) -> (channel_mult,
+    attention_resolutions as ints, the U-Net's attention downsample factors); the encoder's attention
+    resolutions are checked here too, named by this network's key."""
+    channel_mult = adm_levels(channel_mult, num_res_blocks, "DiffAEUNet")
+    attention_resolutions = tuple(int(r) for r in attention_resolutions)
+    attention_ds = attention_factors(
+        attention_resolutions, len(channel_mult), "DiffAEUNet", "attention_resolutions", image_size
+    )
+    attention_factors(  # the encoder's, named by this network's key
+        enc_attention_resolutions, len(enc_channel_mult), "DiffAEUNet", "enc_attention_resolutions", image_size
+    )
+    return channel_mult, attention_resolutions, attention_ds
 
 
 # Diff-AE autoencoder (official `BeatGANsAutoencModel`, `resnet_two_cond=True`, `resblock_updown=True`).
@@ -258,13 +286,9 @@ class DiffAEUNet(nn.Module):
         enc_num_res_blocks: int = 2,
     ) -> None:
         super().__init__()
-        channel_mult = adm_levels(channel_mult, num_res_blocks, "DiffAEUNet")
-        attention_resolutions = tuple(int(r) for r in attention_resolutions)
-        attention_ds = attention_factors(
-            attention_resolutions, len(channel_mult), "DiffAEUNet", "attention_resolutions", image_size
-        )
-        attention_factors(  # the encoder's, named by this network's key
-            enc_attention_resolutions, len(enc_channel_mult), "DiffAEUNet", "enc_attention_resolutions", image_size
+        channel_mult, attention_resolutions, attention_ds = _checked_levels(
+            image_size, channel_mult, num_res_blocks, attention_resolutions, enc_channel_mult,
+            enc_attention_resolutions,
         )
         self.config.update(  # as ints
             channel_mult=list(channel_mult), attention_resolutions=list(attention_resolutions),
@@ -276,10 +300,7 @@ class DiffAEUNet(nn.Module):
         self.base_channels = base_channels
         self.latent_dim = latent_dim
         block = partial(CondResBlock, cond_channels=latent_dim)
-        attention = partial(
-            DiffAEAttentionBlock, num_heads=num_heads, num_head_channels=head_channels,
-            use_new_attention_order=new_attention_order,
-        )
+        attention = _diffae_attention(num_heads, head_channels, new_attention_order)
 
         # Semantic encoder.
         self.encoder = DiffAEEncoder(
@@ -300,28 +321,37 @@ class DiffAEUNet(nn.Module):
             nn.Linear(base_channels, embed_channels), nn.SiLU(), nn.Linear(embed_channels, embed_channels)
         )
 
-        # Encoder half, middle block, decoder half.
-        self.input_blocks = build_input_blocks(
-            in_channels, base_channels, channel_mult, num_res_blocks, attention_ds,
-            EmbedSequential, lambda c_in, c_out, down: block(c_in, embed_channels, dropout, c_out, down=down),
-            attention,
-        )
+        # Encoder half, middle block, decoder half: ADM's layout.
         layout = adm_layout(
             in_channels=in_channels, out_channels=in_channels, base_channels=base_channels,
             channel_mult=channel_mult, num_res_blocks=num_res_blocks, attention_ds=attention_ds,
             num_heads=num_heads, head_channels=head_channels, new_attention_order=new_attention_order,
             dropout=dropout, emb_dim=embed_channels,
         )
+        self._build_unet(layout, block, attention)
+
+    def _build_unet(
+        self, layout: FeatureLayout, block: Callable[..., nn.Module], attention: Callable[[int], nn.Module]
+    ) -> None:
+        """The z-conditioned U-Net of `layout` (`block`: CondResBlock; `attention`: C -> attention block), in
+        this order (parameter initialisation draws from the global RNG): `input_blocks`, `middle_block`,
+        `output_blocks`, `out` (GN, SiLU, zero-init Conv3x3)."""
+        emb_dim, dropout = layout.emb_dim, layout.dropout
+        self.input_blocks = build_input_blocks(
+            layout.in_channels, layout.base_channels, layout.channel_mult, layout.num_res_blocks, layout.attention_ds,
+            EmbedSequential, lambda c_in, c_out, down: block(c_in, emb_dim, dropout, c_out, down=down),
+            attention,
+        )
         ch = layout.middle_channels
         self.middle_block = EmbedSequential(
-            block(ch, embed_channels, dropout), attention(ch), block(ch, embed_channels, dropout)
+            block(ch, emb_dim, dropout), attention(ch), block(ch, emb_dim, dropout)
         )
         self.output_blocks = build_output_blocks(layout, block, dropout, DiffAEAttentionBlock)  # type: ignore[arg-type]
-        out_ch = base_channels * channel_mult[0]
+        out_ch = layout.base_channels * layout.channel_mult[0]
         self.out = nn.Sequential(
             diffae_normalization(out_ch),
             nn.SiLU(),
-            zero_module(nn.Conv2d(out_ch, in_channels, 3, padding=1)),
+            zero_module(nn.Conv2d(out_ch, layout.in_channels, 3, padding=1)),
         )
 
     def encode(self, x0: torch.Tensor) -> torch.Tensor:
