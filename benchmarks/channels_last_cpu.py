@@ -48,10 +48,10 @@ from pdae.provenance import code_version, utc_now  # noqa: E402
 LAYOUTS = {"nchw": "off", "nhwc": "on"}  # name -> train.channels_last
 
 
-def preset_at(size: int) -> tuple[str, dict[str, Any]]:
-    """(pdae.bench preset name, a copy of its settings) for `size` px (see the module docstring)."""
+def settings_at(size: int) -> dict[str, Any]:
+    """`pdae.bench` preset settings for `size` px (a copy; see the module docstring)."""
     if size == 64:
-        return "celeba64", copy.deepcopy(bench.PRESETS["celeba64"])
+        return copy.deepcopy(bench.PRESETS["celeba64"])
     if size not in (16, 32):
         raise ValueError(f"--sizes: 16, 32 or 64, got {size}")
     p = copy.deepcopy(bench.PRESETS["embedded"])
@@ -60,18 +60,13 @@ def preset_at(size: int) -> tuple[str, dict[str, Any]]:
         p["encoder"]["channels"] = [64, 128, 128]
         p["diffae_attention"] = [8]
         p["diffae_encoder"]["enc_attention_resolutions"] = [8]
-    return "embedded", p
+    return p
 
 
 def build_at(size: int) -> dict[str, Any]:
-    """The DPM and Diff-AE methods at `size` px (pdae.bench.build_methods on the adjusted preset)."""
-    name, settings = preset_at(size)
-    saved = bench.PRESETS[name]
-    bench.PRESETS[name] = settings
-    try:
-        methods = bench.build_methods(name)
-    finally:
-        bench.PRESETS[name] = saved
+    """The DPM and Diff-AE methods at `size` px, and the data settings."""
+    settings = settings_at(size)
+    methods = bench.build_methods(settings)
     return {"dpm": methods["dpm"], "diffae": methods["diffae"], "data": settings["data"]}
 
 

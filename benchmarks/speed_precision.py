@@ -8,7 +8,8 @@ U-Net, PDAE encoder and gradient estimator of config/train/celeba64):
   fp32      NCHW, fp32: the training step and samplers as they were before bf16 (the official code's path)
   bf16      bf16 autocast, NCHW
   bf16_cl   bf16 autocast with channels_last weights and inputs: what `pdae train` (train.amp / channels_last
-            auto) and `--precision auto` sampling use on a CPU with AVX512-BF16/AMX or a CUDA GPU
+            auto) and `--precision auto` sampling use on a CUDA GPU, and on a CPU with AVX512-BF16/AMX from 32 px
+            (pdae.precision.CPU_CHANNELS_LAST_MIN_SIZE; below that the samplers of this variant run NCHW too)
 
 Timed per round, variants interleaved (fp32, bf16, bf16_cl, fp32, ...) so drifts of the machine hit all alike:
 

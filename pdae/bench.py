@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -68,11 +69,15 @@ class NaivePDAE(PDAE):
         return extract(self.loss_weight, t, (x.shape[0],)) * per_sample_mean((noise - eps_hat).float() ** 2)
 
 
-def build_methods(preset: str) -> dict[str, Method]:
-    """DPM, PDAE (shared features), naive PDAE and Diff-AE at the preset's U-Net size."""
-    if preset not in PRESETS:
+def build_methods(preset: str | Mapping[str, Any]) -> dict[str, Method]:
+    """DPM, PDAE (shared features), naive PDAE and Diff-AE at the preset's U-Net size (`preset`: a name in
+    PRESETS, or a settings mapping of the same form)."""
+    if isinstance(preset, Mapping):
+        p = preset
+    elif preset in PRESETS:
+        p = PRESETS[preset]
+    else:
         raise ValueError(f"--preset: expected one of {sorted(PRESETS)}, got {preset!r}")
-    p = PRESETS[preset]
     info = {**p["data"], "num_classes": 0, "num_attributes": 0}
     torch.manual_seed(0)
     dpm = build_method("dpm", {"unet": p["unet"]}, {}, {}, info)

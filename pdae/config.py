@@ -353,7 +353,7 @@ def check_run_config(method: str, cfg: RunConfig, dpm_dir: str | Path | None = N
 
     if method not in registry.names():
         raise ConfigError(f"unknown method {method!r} (expected one of {', '.join(registry.names())})")
-    method_spec = registry.get(method)
+    method_spec = _spec(method)
     if check_inputs and method_spec.needs == "dpm" and dpm_dir is None:
         raise ConfigError(f"method {method} needs a trained DPM (--dpm DIR)")
     if check_inputs and method_spec.needs == "encoder" and encoder_dir is None:

@@ -27,6 +27,27 @@ def test_bench_methods_share_one_unet_size_and_pdae_trains_only_its_new_parts():
         build_methods("imagenet")
 
 
+def test_bench_methods_from_a_settings_mapping_follow_its_image_size():
+    """A settings mapping (benchmarks/channels_last_cpu.py's 32-px variant of the embedded preset) builds the same
+    networks as the named preset, sized by its own data settings."""
+    import copy
+
+    from pdae.bench import PRESETS
+
+    settings = copy.deepcopy(PRESETS["embedded"])
+    same = build_methods(settings)
+    named = build_methods("embedded")
+    for k in ("dpm", "pdae", "diffae"):
+        assert sum(p.numel() for p in same[k].parameters()) == sum(p.numel() for p in named[k].parameters())
+    settings["data"]["image_size"] = 32
+    settings["encoder"]["channels"] = [64, 128, 128]  # one more stride-2 conv down to 4x4
+    settings["diffae_attention"] = [8]
+    settings["diffae_encoder"]["enc_attention_resolutions"] = [8]
+    big = build_methods(settings)
+    assert big["pdae"].encoder.config["image_size"] == 32 and big["diffae"].model.config["image_size"] == 32
+    assert PRESETS["embedded"]["data"]["image_size"] == 16  # the preset itself is untouched
+
+
 def test_run_benchmark_writes_images_per_second_and_ratios(tmp_path, capsys):
     out = tmp_path / "bench.json"
     record = run_benchmark("embedded", None, steps=1, warmup=0, device="cpu", out=str(out))

@@ -204,10 +204,6 @@ def placeholder_work(cfg: dict, tmp_path: Path) -> Path:
         if entry.get("latents"):
             (work / entry["latents"]).parent.mkdir(parents=True, exist_ok=True)
             (work / entry["latents"]).write_bytes(b"")
-    for key in ("data_spec",):
-        spec_file = REPO / settings[key]
-        (work / settings[key]).parent.mkdir(parents=True, exist_ok=True)
-        (work / settings[key]).write_text(spec_file.read_text())
     specs = [settings["data_spec"]] + ([settings["recon_data"]["spec"]] if settings.get("recon_data") else [])
     for spec in specs:
         (work / spec).parent.mkdir(parents=True, exist_ok=True)
@@ -253,33 +249,27 @@ def test_published_paper_config_lists_import_and_evaluation_jobs_only(config: Pa
         assert "--data config/data/celebahq128.yaml --split all" in commands
 
 
-def test_published_entry_of_the_wrong_kind_layout_or_option_fails_in_one_line(tmp_path: Path) -> None:
-    cfg = yaml.safe_load((REPO / "config" / "paper" / "ffhq128_published.yaml").read_text())
-    pub = cfg["dataset_settings"]["ffhq128"]["published"]
-    pub["pdae"]["kind"] = "diffae-autoencoder"                    # the PDAE autoencoder named with a Diff-AE kind
-    work = placeholder_work(cfg, tmp_path / "kind")
-    proc = run_snakemake("--snakefile", str(REPO / "Snakefile"), "--directory", str(work), "-n")
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and "Traceback" not in out
-    assert ("config: dataset_settings.ffhq128.published.pdae.kind: diffae-autoencoder is not a pdae "
-            "(expected pdae-autoencoder)") in out, out[-2000:]
+# (what is wrong, the key to set in published.<model>, its value, the one-line error). Each is set after the
+# placeholders exist, so only the named check can fail.
+BAD_ENTRIES = [
+    ("kind", ("pdae", "kind", "diffae-autoencoder"),      # the PDAE autoencoder named with a Diff-AE kind
+     "config: dataset_settings.ffhq128.published.pdae.kind: diffae-autoencoder is not a pdae (expected pdae-autoencoder)"),
+    ("layout", ("diffae", "path", "checkpoints/ffhq128_autoenc_130M"),   # the folder, not its last.ckpt
+     "config: dataset_settings.ffhq128.published.diffae.path: checkpoints/ffhq128_autoenc_130M is a folder; "
+     "diffae-autoencoder reads a Lightning file (last.ckpt)"),
+    ("option", ("diffae", "latents", "trained-models/latents/ffhq.pt"),  # a PDAE-latent option on Diff-AE
+     "config: dataset_settings.ffhq128.published.diffae.latents: applies to pdae-latent only, not diffae-autoencoder"),
+]
 
+
+@pytest.mark.parametrize("edit,message", [case[1:] for case in BAD_ENTRIES], ids=[case[0] for case in BAD_ENTRIES])
+def test_published_entry_of_the_wrong_kind_layout_or_option_fails_in_one_line(edit, message, tmp_path: Path) -> None:
     cfg = yaml.safe_load((REPO / "config" / "paper" / "ffhq128_published.yaml").read_text())
-    pub = cfg["dataset_settings"]["ffhq128"]["published"]
-    work = placeholder_work(cfg, tmp_path / "layout")
-    pub["diffae"]["path"] = "checkpoints/ffhq128_autoenc_130M"     # the folder, not its last.ckpt
+    work = placeholder_work(cfg, tmp_path)
+    model, key, value = edit
+    cfg["dataset_settings"]["ffhq128"]["published"][model][key] = value
     (work / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
     proc = run_snakemake("--snakefile", str(REPO / "Snakefile"), "--directory", str(work), "-n")
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "Traceback" not in out
-    assert ("config: dataset_settings.ffhq128.published.diffae.path: checkpoints/ffhq128_autoenc_130M is a folder; "
-            "diffae-autoencoder reads a Lightning file (last.ckpt)") in out, out[-2000:]
-
-    cfg = yaml.safe_load((REPO / "config" / "paper" / "ffhq128_published.yaml").read_text())
-    cfg["dataset_settings"]["ffhq128"]["published"]["diffae"]["latents"] = "trained-models/latents/ffhq.pt"
-    work = placeholder_work(cfg, tmp_path / "option")
-    proc = run_snakemake("--snakefile", str(REPO / "Snakefile"), "--directory", str(work), "-n")
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and "Traceback" not in out
-    assert ("config: dataset_settings.ffhq128.published.diffae.latents: applies to pdae-latent only, "
-            "not diffae-autoencoder") in out, out[-2000:]
+    assert message in out, out[-2000:]

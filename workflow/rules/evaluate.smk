@@ -353,7 +353,7 @@ rule evaluate_efficiency:
         **JOB_GPU,
     conda:
         ENV
-    priority: 2  # the longest evaluation: not the last job
+    priority: 2  # among the longest evaluations (73-77 s here): not among the last jobs
     log:
         "logs/{dataset}/evaluate_efficiency.log",
     benchmark:
